@@ -1,0 +1,29 @@
+"""FluxGenerator: the Ray Serve deployment around the Flux engine. GPUs come from YAML `ray_actor_options`."""
+
+from collections.abc import Sequence
+
+import numpy as np
+from ray import serve
+
+from deployments.engines.flux import FluxConfig, FluxEngine
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 1}, max_ongoing_requests=2)
+class FluxGenerator:
+    def __init__(self, config: FluxConfig) -> None:
+        self.engine = FluxEngine.load(config)
+
+    def generate(
+        self,
+        prompt: str,
+        *,
+        seeds: Sequence[int],
+        width: int,
+        height: int,
+        steps: int,
+        negative_prompt: str | None = None,
+    ) -> np.ndarray:
+        """uint8 pixels shaped [len(seeds), height, width, 3]."""
+        return self.engine.generate(
+            prompt, seeds=seeds, width=width, height=height, steps=steps, negative_prompt=negative_prompt
+        )

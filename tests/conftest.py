@@ -1,0 +1,68 @@
+"""Shared fixtures: each test module that needs Ray starts its own local cluster and ends only that."""
+
+import os
+from pathlib import Path
+
+import pytest
+import requests
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+BASE_URL = "http://127.0.0.1:8000"
+
+# Ray's token authentication writes ~/.ray/auth_token on a plain ray.init(); tests need none of it.
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+def load_yaml(relative_path: str) -> dict:
+    return yaml.safe_load((REPO / relative_path).read_text())
+
+
+def local_app_config() -> dict:
+    return load_yaml("configs/local.yaml")["applications"][0]
+
+
+def wait_for_http(url: str, timeout_s: float) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(url, timeout=2).status_code == 200:
+                return
+        except requests.RequestException:  # not up yet: refused, or held while replicas start
+            pass
+        time.sleep(1)
+    raise TimeoutError(f"{url} did not answer within {timeout_s} s")
+
+
+@pytest.fixture(scope="module")
+def local_service():
+    """The CPU profile served by `serve.run` on a Ray cluster private to the test module."""
+    import ray
+    from ray import serve
+
+    from deployments.app import AppArgs, build_app
+
+    config = local_app_config()
+    ray.init(num_cpus=2, include_dashboard=False)
+    try:
+        # The YAML's `deployments:` options reach replicas through `serve run`/`serve deploy` (see
+        # test_cli.py); here the code's defaults apply, which fit the same 2 CPUs.
+        app = build_app(AppArgs.model_validate(config["args"]))
+        serve.run(app, name=config["name"], route_prefix=config["route_prefix"])
+        yield BASE_URL
+    finally:
+        serve.shutdown()
+        ray.shutdown()

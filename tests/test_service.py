@@ -1,0 +1,162 @@
+"""The CPU profile over real HTTP and through a DeploymentHandle from another Ray actor."""
+
+import base64
+import io
+
+import pytest
+import ray
+import requests
+from PIL import Image
+
+from deployments.api import ImageRequest, InvalidRequestError
+
+GENERATIONS = "/v1/images/generations"
+
+
+def post(base_url: str, body: dict | str) -> requests.Response:
+    if isinstance(body, str):
+        return requests.post(
+            base_url + GENERATIONS, data=body, headers={"content-type": "application/json"}, timeout=60
+        )
+    return requests.post(base_url + GENERATIONS, json=body, timeout=60)
+
+
+def decode_png(b64: str) -> Image.Image:
+    return Image.open(io.BytesIO(base64.b64decode(b64)))
+
+
+def test_generation_returns_verified_pngs(local_service):
+    response = post(local_service, {"prompt": "a red fox in the snow", "n": 2, "size": "256x256", "seed": 41})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert isinstance(body["created"], int)
+    assert [item["seed"] for item in body["data"]] == [41, 42]
+    for item in body["data"]:
+        image = decode_png(item["b64_json"])
+        assert (image.format, image.size, image.mode) == ("PNG", (256, 256), "RGB")
+        verification = item["verification"]
+        assert set(verification["scores"]) == {"tiny-clip-a", "tiny-clip-b"}
+        assert all(-1.0 <= score <= 1.0 for score in verification["scores"].values())
+        assert isinstance(verification["ensemble_score"], float)
+        assert verification["passed"] is True  # the CPU profile's thresholds accept random-weight scores
+    assert body["data"][0]["b64_json"] != body["data"][1]["b64_json"]
+
+
+def test_same_seed_and_prompt_give_identical_png_bytes(local_service):
+    request = {"prompt": "a lighthouse at dusk", "seed": 1234}
+    first, second = post(local_service, request).json(), post(local_service, request).json()
+    assert first["data"][0]["b64_json"] == second["data"][0]["b64_json"]
+    other_seed = post(local_service, {**request, "seed": 1235}).json()
+    assert other_seed["data"][0]["b64_json"] != first["data"][0]["b64_json"]
+
+
+def test_defaults_and_random_seed(local_service):
+    body = post(local_service, {"prompt": "a teapot"}).json()
+    assert decode_png(body["data"][0]["b64_json"]).size == (512, 512)
+    assert 0 <= body["data"][0]["seed"] < 2**32
+
+
+def test_negative_prompt_and_steps_change_the_image(local_service):
+    base = {"prompt": "a city skyline", "seed": 5, "size": "256x256"}
+    plain = post(local_service, base).json()["data"][0]["b64_json"]
+    negative = post(local_service, {**base, "negative_prompt": "fog"}).json()["data"][0]["b64_json"]
+    two_steps = post(local_service, {**base, "num_inference_steps": 2}).json()["data"][0]["b64_json"]
+    assert len({plain, negative, two_steps}) == 3
+
+
+def test_healthz_and_openapi(local_service):
+    assert requests.get(local_service + "/healthz", timeout=10).json() == {"status": "ok"}
+    spec = requests.get(local_service + "/openapi.json", timeout=10).json()
+    operation = spec["paths"][GENERATIONS]["post"]
+    assert "400" in operation["responses"] and "200" in operation["responses"]
+    request_schema = spec["components"]["schemas"]["ImageRequest"]["properties"]
+    assert {"prompt", "n", "size", "response_format", "seed", "negative_prompt", "num_inference_steps"} <= set(
+        request_schema
+    )
+    assert requests.get(local_service + "/docs", timeout=10).status_code == 200
+
+
+BAD_REQUESTS = [
+    ({"n": 1}, "prompt"),
+    ({"prompt": ""}, "prompt"),
+    ({"prompt": "   \n\t "}, "prompt"),
+    ({"prompt": 42}, "prompt"),
+    ({"prompt": "x" * 2001}, "prompt"),
+    ({"prompt": "a cat", "size": "1024x1024"}, "size"),
+    ({"prompt": "a cat", "size": "big"}, "size"),
+    ({"prompt": "a cat", "n": 0}, "n"),
+    ({"prompt": "a cat", "n": 5}, "n"),
+    ({"prompt": "a cat", "n": "2"}, "n"),
+    ({"prompt": "a cat", "n": 1.5}, "n"),
+    ({"prompt": "a cat", "num_inference_steps": 0}, "num_inference_steps"),
+    ({"prompt": "a cat", "num_inference_steps": 9}, "num_inference_steps"),
+    ({"prompt": "a cat", "seed": -1}, "seed"),
+    ({"prompt": "a cat", "seed": 2**32}, "seed"),
+    ({"prompt": "a cat", "seed": "abc"}, "seed"),
+    ({"prompt": "a cat", "response_format": "url"}, "response_format"),
+    ({"prompt": "a cat", "negative_prompt": ["fog"]}, "negative_prompt"),
+    ({"prompt": "a cat", "steps": 4}, "steps"),
+    ('{"prompt": "a cat",', "body"),
+    ("[1, 2, 3]", "body"),
+    ("not json at all", "body"),
+]
+
+
+@pytest.mark.parametrize(("body", "field"), BAD_REQUESTS, ids=[str(case[0])[:40] for case in BAD_REQUESTS])
+def test_bad_input_is_a_400_naming_the_field(local_service, body, field):
+    response = post(local_service, body)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == field
+    assert error["type"] == "invalid_request_error"
+    assert error["message"]
+
+
+def test_service_stays_healthy_after_bad_input(local_service):
+    for body, _ in BAD_REQUESTS:
+        post(local_service, body)
+    assert requests.get(local_service + "/healthz", timeout=10).status_code == 200
+    assert post(local_service, {"prompt": "still here", "size": "256x256"}).status_code == 200
+
+
+@ray.remote(num_cpus=0)
+class HandleCaller:
+    """A user's own Ray actor calling the application through its DeploymentHandle."""
+
+    def generate(self, request: ImageRequest | dict):
+        from ray import serve
+
+        return serve.get_app_handle("vortex").generate.remote(request).result(timeout_s=120)
+
+    def field_refused(self, request: ImageRequest | dict) -> str | None:
+        """The field named by the `InvalidRequestError` (a `ValueError`) the handle raised, if any."""
+        try:
+            self.generate(request)
+        except InvalidRequestError as error:
+            assert isinstance(error, ValueError)
+            return error.field
+        return None
+
+
+def test_handle_call_from_a_ray_actor_returns_typed_images(local_service):
+    caller = HandleCaller.remote()
+    images = ray.get(caller.generate.remote(ImageRequest(prompt="a lighthouse at dusk", seed=1234, n=2)))
+    assert [image.seed for image in images] == [1234, 1235]
+    assert Image.open(io.BytesIO(images[0].png)).size == (512, 512)
+    assert set(images[0].verification.scores) == {"tiny-clip-a", "tiny-clip-b"}
+    # The handle and HTTP paths produce the same bytes for the same request.
+    http = post(local_service, {"prompt": "a lighthouse at dusk", "seed": 1234, "n": 2}).json()
+    assert [base64.b64decode(item["b64_json"]) for item in http["data"]] == [image.png for image in images]
+
+
+@pytest.mark.parametrize(
+    ("request_", "field"),
+    [
+        (ImageRequest(prompt="a cat", size="13x13"), "size"),
+        (ImageRequest(prompt="a cat", n=9), "n"),
+        ({"prompt": "   "}, "prompt"),
+        ({"prompt": "a cat", "seed": "abc"}, "seed"),
+    ],
+)
+def test_handle_callers_get_a_typed_error_naming_the_field(local_service, request_, field):
+    assert ray.get(HandleCaller.remote().field_refused.remote(request_)) == field
