@@ -3,7 +3,7 @@
 `serve run configs/local.yaml` serves the CPU profile; `serve deploy serve_config.yaml` the production one.
 """
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ray.serve import Application
 
 from deployments.api import ImageLimits
@@ -22,6 +22,18 @@ class AppArgs(BaseModel):
     flux: FluxConfig = Field(default_factory=FluxConfig)
     verifier: VerifierConfig
     limits: ImageLimits = Field(default_factory=ImageLimits)
+
+    @model_validator(mode="after")
+    def _sizes_fit_the_generator(self) -> "AppArgs":
+        """A size the API offers but the engine refuses would fail every such request at the GPU."""
+        for size in self.limits.sizes:
+            sides = [int(side) for side in size.split("x")]
+            if any(side % 16 or not self.flux.min_side <= side <= self.flux.max_side for side in sides):
+                raise ValueError(
+                    f"limits.sizes: {size} is not two multiples of 16 within flux.min_side..flux.max_side "
+                    f"({self.flux.min_side}..{self.flux.max_side})"
+                )
+        return self
 
 
 def build_app(args: AppArgs) -> Application:

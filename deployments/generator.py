@@ -5,12 +5,14 @@ from collections.abc import Sequence
 import numpy as np
 from ray import serve
 
-from deployments.engines.flux import FluxConfig, FluxEngine
+from deployments.engines.flux import FluxConfig, FluxEngine, to_uint8_pixels
+from deployments.observability import send_engine_logs_to_serve
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 1}, max_ongoing_requests=2)
 class FluxGenerator:
     def __init__(self, config: FluxConfig) -> None:
+        send_engine_logs_to_serve()
         self.engine = FluxEngine.load(config)
 
     def generate(
@@ -24,6 +26,7 @@ class FluxGenerator:
         negative_prompt: str | None = None,
     ) -> np.ndarray:
         """uint8 pixels shaped [len(seeds), height, width, 3]."""
-        return self.engine.generate(
+        images = self.engine.generate(
             prompt, seeds=seeds, width=width, height=height, steps=steps, negative_prompt=negative_prompt
         )
+        return to_uint8_pixels(images)

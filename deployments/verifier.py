@@ -4,11 +4,13 @@ import numpy as np
 from ray import serve
 
 from deployments.engines.clip import ClipEngine, Verification, VerifierConfig
+from deployments.observability import send_engine_logs_to_serve
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.5})
 class ClipVerifier:
     def __init__(self, config: VerifierConfig) -> None:
+        send_engine_logs_to_serve()
         self.engine = ClipEngine.load(config)
 
     def verify(self, images: np.ndarray, prompt: str) -> list[Verification]:

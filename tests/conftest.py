@@ -4,7 +4,6 @@ import os
 from pathlib import Path
 
 import pytest
-import requests
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,6 +35,8 @@ def local_app_config() -> dict:
 def wait_for_http(url: str, timeout_s: float) -> None:
     import time
 
+    import requests
+
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
@@ -66,3 +67,28 @@ def local_service():
     finally:
         serve.shutdown()
         ray.shutdown()
+
+
+# GPU tests: the full-size architecture at the production default size.
+PROMPT = "a lighthouse on a cliff at dusk, oil painting"
+SIDE = 512
+
+
+def report(what: str, value: str) -> None:
+    """Print a measurement with the card's name (run GPU tests with -s to see them)."""
+    import torch
+
+    print(f"MEASURED [{torch.cuda.get_device_name()}] {what}: {value}", flush=True)
+
+
+def free_cuda() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    torch.cuda.empty_cache()
+
+
+def generate(engine, seed: int = 0, **kwargs):
+    return engine.generate(PROMPT, seeds=[seed], width=SIDE, height=SIDE, **kwargs)

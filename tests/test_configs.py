@@ -9,7 +9,7 @@ from conftest import load_yaml
 from deployments.app import AppArgs, build_app
 from deployments.engines.flux import FluxConfig
 
-CONFIGS = ["serve_config.yaml", "configs/local.yaml"]
+CONFIGS = ["serve_config.yaml", "configs/local.yaml", "configs/gpu-12gb.yaml"]
 
 
 def unknown_keys(section: dict, schema) -> set[str]:
@@ -61,3 +61,10 @@ def test_production_config_serves_flux_schnell_nf4_on_gpus():
 def test_args_with_a_typo_are_refused():
     with pytest.raises(ValueError, match="precison"):
         FluxConfig.model_validate({"precison": "nf4"})
+
+
+def test_sizes_the_generator_would_refuse_are_caught_at_deploy_time():
+    args = load_yaml("configs/local.yaml")["applications"][0]["args"]
+    args["limits"]["sizes"] = ["512x512", "4096x4096"]
+    with pytest.raises(ValueError, match=r"limits.sizes: 4096x4096"):
+        AppArgs.model_validate(args)

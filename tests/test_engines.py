@@ -1,17 +1,31 @@
-"""The engines on their own (plain PyTorch, no Ray), with the tiny random-weight models."""
+"""The engines on their own (plain PyTorch, no Ray), with tiny random-weight models."""
+
+import logging
+import shutil
 
 import numpy as np
 import open_clip
 import pytest
+import torch
 
 from deployments.engines.clip import ClipEngine, ClipModelConfig, VerifierConfig
-from deployments.engines.flux import FluxConfig, FluxEngine
-from deployments.engines.tiny import clip_bpe_tokenizer
+from deployments.engines.flux import FluxConfig, FluxEngine, ModelFilesMissingError, to_uint8_pixels
+from deployments.engines.random_models import clip_bpe_tokenizer, t5_standin_tokenizer, tiny_flux_pipeline
+
+TINY = {"random_weights": "tiny", "precision": "fp32", "device": "cpu", "min_side": 64}
 
 
 @pytest.fixture(scope="module")
 def flux() -> FluxEngine:
-    return FluxEngine.load(FluxConfig(random_weights="tiny", precision="fp32", device="cpu"))
+    return FluxEngine.load(FluxConfig(**TINY))
+
+
+@pytest.fixture(scope="module")
+def saved_tiny_pipeline(tmp_path_factory):
+    """A tiny random pipeline saved as a diffusers folder, as `save_pretrained` lays out a hub snapshot."""
+    path = tmp_path_factory.mktemp("tiny-flux")
+    tiny_flux_pipeline().save_pretrained(path, safe_serialization=True)
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -34,11 +48,52 @@ def test_clip_tokenizer_matches_open_clip_token_ids(prompt):
     assert clip_bpe_tokenizer().model_max_length == 77
 
 
-def test_flux_images_are_deterministic_per_seed(flux):
+def test_t5_standin_tokenizer_has_t5s_layout():
+    tokenizer = t5_standin_tokenizer()
+    assert len(tokenizer) == 32100
+    assert (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id) == (0, 1, 2)
+    ids = tokenizer("a red fox in the snow").input_ids
+    assert ids[-1] == 1 and tokenizer.unk_token_id not in ids and len(ids) == 7
+
+
+def test_flux_images_are_deterministic_per_seed_and_in_unit_range(flux):
     first = flux.generate("a red fox", seeds=[1, 2], width=256, height=128)
-    assert first.shape == (2, 128, 256, 3) and first.dtype == np.uint8
-    assert np.array_equal(first, flux.generate("a red fox", seeds=[1, 2], width=256, height=128))
-    assert not np.array_equal(first[0], first[1])
+    assert first.shape == (2, 3, 128, 256) and first.dtype == torch.float32
+    assert 0.0 <= first.min() and first.max() <= 1.0
+    assert torch.equal(first, flux.generate("a red fox", seeds=[1, 2], width=256, height=128))
+    assert not torch.equal(first[0], first[1])
+    pixels = to_uint8_pixels(first)
+    assert pixels.shape == (2, 128, 256, 3) and pixels.dtype == np.uint8
+
+
+def test_flux_writes_into_a_callers_tensor(flux):
+    out = torch.full((3, 64, 128), -1.0)
+    result = flux.generate("a red fox", seeds=[9], width=128, height=64, out=out)
+    assert result is out
+    assert 0.0 <= out.min() and out.max() <= 1.0
+    assert torch.equal(out, flux.generate("a red fox", seeds=[9], width=128, height=64)[0])
+    with pytest.raises(ValueError, match=r"^out:"):
+        flux.generate("a red fox", seeds=[9], width=128, height=64, out=torch.empty(3, 64, 64))
+
+
+def test_negative_prompt_and_steps_change_the_image(flux):
+    base = flux.generate("a city", seeds=[3], width=64, height=64)
+    assert not torch.equal(base, flux.generate("a city", seeds=[3], width=64, height=64, negative_prompt="fog"))
+    assert not torch.equal(base, flux.generate("a city", seeds=[3], width=64, height=64, steps=2))
+
+
+def test_long_prompts_warn_with_real_token_counts(flux, caplog):
+    prompt = "a very detailed painting of a lighthouse on a cliff at dusk " * 8  # 13 CLIP tokens per repeat
+    with caplog.at_level(logging.WARNING, logger="deployments.engines.flux"):
+        flux.generate(prompt, seeds=[0], width=64, height=64)
+    expected = len(clip_bpe_tokenizer()(prompt).input_ids)
+    assert expected > 77
+    assert f"Prompt is {expected} CLIP tokens; CLIP reads only the first 77." in caplog.text
+    assert "T5 tokens" not in caplog.text  # T5 reads up to 256
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="deployments.engines.flux"):
+        flux.generate(prompt * 3, seeds=[0], width=64, height=64)
+    assert "T5 reads only the first 256." in caplog.text
 
 
 @pytest.mark.parametrize(
@@ -46,9 +101,12 @@ def test_flux_images_are_deterministic_per_seed(flux):
     [
         ({"prompt": "  "}, "prompt"),
         ({"seeds": []}, "seeds"),
+        ({"seeds": [-1]}, "seeds"),
         ({"width": 100}, "width"),
         ({"height": 0}, "height"),
+        ({"height": 4096}, "height"),
         ({"steps": 0}, "steps"),
+        ({"guidance": -1.0}, "guidance"),
     ],
 )
 def test_flux_rejects_invalid_parameters_naming_the_field(flux, kwargs, field):
@@ -57,8 +115,50 @@ def test_flux_rejects_invalid_parameters_naming_the_field(flux, kwargs, field):
         flux.generate(call.pop("prompt"), **call)
 
 
+def test_loads_a_local_folder_offline_through_from_pretrained(saved_tiny_pipeline, flux):
+    config = FluxConfig(model=str(saved_tiny_pipeline), offline=True, precision="fp32", device="cpu", min_side=64)
+    loaded = FluxEngine.load(config)
+    for name in ("transformer", "vae", "text_encoder", "text_encoder_2"):
+        built, read = getattr(flux.pipe, name).state_dict(), getattr(loaded.pipe, name).state_dict()
+        assert built.keys() == read.keys() and all(torch.equal(built[k], read[k]) for k in built), name
+    image = loaded.generate("a red fox", seeds=[4], width=64, height=64)
+    assert torch.equal(image, loaded.generate("a red fox", seeds=[4], width=64, height=64))
+    # Same weights; CPU GEMMs may round differently for differently aligned tensors, not more.
+    torch.testing.assert_close(image, flux.generate("a red fox", seeds=[4], width=64, height=64), atol=1e-3, rtol=0)
+
+
+def test_incomplete_folder_names_the_missing_files(saved_tiny_pipeline, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(saved_tiny_pipeline, broken)
+    (broken / "transformer" / "diffusion_pytorch_model.safetensors").unlink()
+    shutil.rmtree(broken / "tokenizer_2")
+    with pytest.raises(ModelFilesMissingError, match="not a complete FLUX pipeline") as error:
+        FluxEngine.load(FluxConfig(model=str(broken), precision="fp32", device="cpu"))
+    assert "missing: tokenizer_2/tokenizer_config.json, transformer/*.safetensors" in str(error.value)
+
+
+def test_pickle_weights_are_refused(saved_tiny_pipeline, tmp_path):
+    """Safetensors only: a folder whose VAE comes as a pickle (.bin) is not loaded."""
+    pickled = tmp_path / "pickled"
+    shutil.copytree(saved_tiny_pipeline, pickled)
+    weights = pickled / "vae" / "diffusion_pytorch_model.safetensors"
+    weights.rename(weights.with_suffix(".bin"))
+    with pytest.raises(ModelFilesMissingError, match=r"vae/\*\.safetensors"):
+        FluxEngine.load(FluxConfig(model=str(pickled), precision="fp32", device="cpu"))
+
+
+def test_offline_hub_id_not_in_cache_fails_with_a_clear_message(tmp_path):
+    with pytest.raises(ModelFilesMissingError, match=r"offline mode: 'black-forest-labs/FLUX\.1-schnell'"):
+        FluxEngine.load(FluxConfig(cache_dir=str(tmp_path), offline=True, device="cpu"))
+
+
+def test_random_weights_cannot_take_the_loading_only_options():
+    with pytest.raises(ValueError, match="random_weights builds the model in memory"):
+        FluxConfig(random_weights="full", precision="nf4")
+
+
 def test_verifier_scores_each_image_per_model_and_decides(verifier, flux):
-    images = flux.generate("a red fox", seeds=[1, 2, 3], width=64, height=64)
+    images = to_uint8_pixels(flux.generate("a red fox", seeds=[1, 2, 3], width=64, height=64))
     verdicts = verifier.verify(images, "a red fox")
     assert len(verdicts) == 3
     for verdict in verdicts:

@@ -15,7 +15,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
 from deployments.engines.flux import resolve_device
-from deployments.engines.tiny import register_tiny_clip_configs
+from deployments.engines.random_models import register_tiny_clip_configs
 
 logger = logging.getLogger(__name__)
 

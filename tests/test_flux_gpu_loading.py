@@ -1,0 +1,91 @@
+"""NF4 and the 12 GB mode on a GPU, loaded through the real `from_pretrained` path.
+
+The checkpoint is the full-size FLUX.1-schnell architecture with seeded random weights, saved as a
+diffusers folder (safetensors) first. Run: `pytest -m gpu -s tests/`.
+"""
+
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import PROMPT, SIDE, free_cuda, generate, report
+from deployments.engines.flux import GIB, FluxConfig, FluxEngine
+from deployments.engines.random_models import full_size_flux_pipeline
+
+pytestmark = pytest.mark.gpu
+
+TWELVE_GB_MODE_PEAK_LIMIT = 6.5e9  # bytes, allocated by Flux during a 512x512 generation
+
+
+@pytest.fixture(scope="module")
+def saved_checkpoint(tmp_path_factory) -> Path:
+    root = Path("/dev/shm") if Path("/dev/shm").is_dir() else tmp_path_factory.getbasetemp()
+    path = root / "vortex-flux-full-random"
+    start = time.perf_counter()
+    pipe = full_size_flux_pipeline(seed=0)
+    pipe.save_pretrained(path, safe_serialization=True)
+    del pipe
+    free_cuda()
+    report("build + save full-size random checkpoint", f"{time.perf_counter() - start:.0f} s")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def load(config: FluxConfig) -> FluxEngine:
+    torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    engine = FluxEngine.load(config)
+    report(
+        f"load {config.precision}{' +T5 nf4' if config.t5_nf4 else ''}{' +offload' if config.cpu_offload else ''}",
+        f"{time.perf_counter() - start:.0f} s, {torch.cuda.memory_allocated() / GIB:.2f} GiB allocated",
+    )
+    return engine
+
+
+def test_nf4_loads_through_from_pretrained(saved_checkpoint):
+    import bitsandbytes as bnb
+
+    engine = load(FluxConfig(model=str(saved_checkpoint), offline=True, precision="nf4", device="cuda"))
+    try:
+        linears = [m for m in engine.pipe.transformer.modules() if isinstance(m, torch.nn.Linear)]
+        quantized = [m for m in linears if isinstance(m, bnb.nn.Linear4bit)]
+        assert len(quantized) > 0.9 * len(linears)
+        image = generate(engine, seed=5)
+        assert image.std() > 0.01
+        assert torch.equal(image, generate(engine, seed=5))
+        report("NF4 transformer footprint", f"{engine.pipe.transformer.get_memory_footprint() / GIB:.2f} GiB")
+    finally:
+        del engine
+        free_cuda()
+
+
+@pytest.mark.parametrize("double_quant", [False, True], ids=["nf4", "nf4-double-quant"])
+def test_12gb_mode_peak_vram(saved_checkpoint, double_quant):
+    config = FluxConfig(
+        model=str(saved_checkpoint),
+        offline=True,
+        precision="nf4",
+        t5_nf4=True,
+        nf4_double_quant=double_quant,
+        cpu_offload=True,
+        device="cuda",
+    )
+    engine = load(config)
+    try:
+        torch.cuda.reset_peak_memory_stats()
+        generate(engine, seed=0)
+        start = time.perf_counter()
+        engine.generate(PROMPT, seeds=[1], width=SIDE, height=SIDE)
+        seconds = time.perf_counter() - start
+        peak = torch.cuda.max_memory_allocated()
+        mode = "12 GB mode" + (" + double quant" if double_quant else "")
+        report(f"{mode}: peak allocated over two {SIDE}x{SIDE} generations", f"{peak / 1e9:.2f} GB")
+        report(f"{mode}: seconds per image", f"{seconds:.2f}")
+        if double_quant:
+            assert peak <= TWELVE_GB_MODE_PEAK_LIMIT
+    finally:
+        del engine
+        free_cuda()
