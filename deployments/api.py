@@ -49,6 +49,7 @@ class ImageRequest(BaseModel):
         None, description="What to avoid. Runs true classifier-free guidance: about twice the generation time."
     )
     num_inference_steps: int | None = Field(None, ge=1, description="Denoising steps; FLUX.1-schnell needs 1-4.")
+    include_embeddings: bool = Field(False, description="Return each image's CLIP embeddings in its verification.")
     model: str | None = Field(None, description="Accepted for OpenAI client compatibility; one model is served.")
     user: str | None = Field(None, description="Accepted for OpenAI client compatibility; not used.")
 
@@ -88,21 +89,23 @@ class ImageLimits(BaseModel):
 
 @dataclass
 class GeneratedImage:
-    """One verified image, as handle callers receive it."""
+    """One verified image, as handle callers receive it. `png` is None when the content policy withheld it."""
 
-    png: bytes
+    png: bytes | None
     seed: int
     verification: Verification
 
 
 class ImageData(BaseModel):
-    b64_json: str = Field(description="The PNG, base64-encoded.")
+    b64_json: str | None = Field(description="The PNG, base64-encoded; null when withheld.")
+    withheld: bool = Field(description="The content policy flagged the image; `verification.reasons` says why.")
     seed: int = Field(description="The seed this image was drawn from.")
     verification: Verification
 
     @classmethod
     def from_image(cls, image: GeneratedImage) -> "ImageData":
-        return cls(b64_json=base64.b64encode(image.png).decode(), seed=image.seed, verification=image.verification)
+        b64 = None if image.png is None else base64.b64encode(image.png).decode()
+        return cls(b64_json=b64, withheld=image.png is None, seed=image.seed, verification=image.verification)
 
 
 class ImagesResponse(BaseModel):

@@ -35,6 +35,15 @@ class AppArgs(BaseModel):
                 )
         return self
 
+    @model_validator(mode="after")
+    def _verifier_is_calibrated(self) -> "AppArgs":
+        if missing := [model.name for model in self.verifier.models if model.calibration is None]:
+            raise ValueError(
+                f"verifier.models: {', '.join(missing)} need a `calibration` block; "
+                "`python -m deployments.calibrate` measures it on your own images"
+            )
+        return self
+
 
 def build_app(args: AppArgs) -> Application:
     generator = FluxGenerator.bind(args.flux)

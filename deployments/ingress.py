@@ -106,9 +106,11 @@ class Ingress:
             steps=steps,
             negative_prompt=request.negative_prompt,
         )
-        verifications = await self.verifier.verify.remote(pixels_response, request.prompt)
+        verifications = await self.verifier.verify.remote(pixels_response, request.prompt, request.include_embeddings)
         pixels = await pixels_response
-        pngs = await asyncio.to_thread(lambda: [encode_png(image) for image in pixels])
+        pngs = await asyncio.to_thread(
+            lambda: [None if v.withheld else encode_png(image) for image, v in zip(pixels, verifications, strict=True)]
+        )
         return [
             GeneratedImage(png=png, seed=seed, verification=verification)
             for png, seed, verification in zip(pngs, seeds, verifications, strict=True)

@@ -34,11 +34,15 @@ def test_generation_returns_verified_pngs(local_service):
     for item in body["data"]:
         image = decode_png(item["b64_json"])
         assert (image.format, image.size, image.mode) == ("PNG", (256, 256), "RGB")
+        assert item["withheld"] is False
         verification = item["verification"]
         assert set(verification["scores"]) == {"tiny-clip-a", "tiny-clip-b"}
+        assert set(verification["calibrated_scores"]) == {"tiny-clip-a", "tiny-clip-b"}
         assert all(-1.0 <= score <= 1.0 for score in verification["scores"].values())
         assert isinstance(verification["ensemble_score"], float)
-        assert verification["passed"] is True  # the CPU profile's thresholds accept random-weight scores
+        assert verification["passed"] is True  # the CPU profile's calibration accepts random-weight scores
+        assert verification["reasons"] == [] and verification["flagged_concepts"] == []
+        assert verification["embeddings"] is None
     assert body["data"][0]["b64_json"] != body["data"][1]["b64_json"]
 
 
@@ -124,9 +128,12 @@ class HandleCaller:
     """A user's own Ray actor calling the application through its DeploymentHandle."""
 
     def generate(self, request: ImageRequest | dict):
+        return self.generate_from("vortex", request)
+
+    def generate_from(self, app_name: str, request: ImageRequest | dict):
         from ray import serve
 
-        return serve.get_app_handle("vortex").generate.remote(request).result(timeout_s=120)
+        return serve.get_app_handle(app_name).generate.remote(request).result(timeout_s=120)
 
     def field_refused(self, request: ImageRequest | dict) -> str | None:
         """The field named by the `InvalidRequestError` (a `ValueError`) the handle raised, if any."""
@@ -160,3 +167,57 @@ def test_handle_call_from_a_ray_actor_returns_typed_images(local_service):
 )
 def test_handle_callers_get_a_typed_error_naming_the_field(local_service, request_, field):
     assert ray.get(HandleCaller.remote().field_refused.remote(request_)) == field
+
+
+def test_embeddings_on_request(local_service):
+    body = post(local_service, {"prompt": "a teapot", "size": "256x256", "include_embeddings": True}).json()
+    embeddings = body["data"][0]["verification"]["embeddings"]
+    assert set(embeddings) == {"tiny-clip-a", "tiny-clip-b"} and len(embeddings["tiny-clip-a"]) == 32
+
+
+def test_concurrent_verifications_share_a_batch(local_service):
+    """Verification requests that arrive together go through the CLIP models as one batch."""
+    import numpy as np
+    from ray import serve
+
+    verifier = serve.get_deployment_handle("ClipVerifier", app_name="vortex")
+    before = verifier.batch_histogram.remote().result()
+    images = np.random.default_rng(0).integers(0, 256, (1, 256, 256, 3), dtype=np.uint8)
+    responses = [verifier.verify.remote(images, f"a boat number {i}", False) for i in range(6)]
+    verdicts = [response.result()[0] for response in responses]
+    assert all(set(verdict.scores) == {"tiny-clip-a", "tiny-clip-b"} for verdict in verdicts)
+    after = verifier.batch_histogram.remote().result()
+    new_batches = {size: after[size] - before.get(size, 0) for size in after if after[size] > before.get(size, 0)}
+    assert sum(size * count for size, count in new_batches.items()) == 6
+    assert max(new_batches) > 1
+
+
+@pytest.fixture(scope="module")
+def strict_service(local_service):
+    """A second app whose content policy flags everything and whose distractors always win."""
+    from ray import serve
+
+    from conftest import local_app_config
+    from deployments.app import AppArgs, build_app
+
+    args = local_app_config()["args"]
+    args["verifier"]["distractors"] = ["noise"]
+    args["verifier"]["policy"] = {"concepts": [{"name": "everything", "captions": ["anything"], "threshold": -2.0}]}
+    serve.run(build_app(AppArgs.model_validate(args)), name="strict", route_prefix="/strict")
+    yield local_service + "/strict"
+    serve.delete("strict")
+
+
+def test_flagged_images_are_withheld_and_the_response_says_why(strict_service):
+    response = post(strict_service, {"prompt": "a quiet harbour", "size": "256x256", "n": 2})
+    assert response.status_code == 200
+    for item in response.json()["data"]:
+        assert item["withheld"] is True and item["b64_json"] is None
+        verification = item["verification"]
+        assert verification["flagged_concepts"] == ["everything"] and verification["passed"] is False
+        assert any(reason.startswith("content policy: everything") for reason in verification["reasons"])
+
+
+def test_handle_callers_never_get_withheld_pixels(strict_service):
+    images = ray.get(HandleCaller.remote().generate_from.remote("strict", ImageRequest(prompt="a harbour")))
+    assert images[0].png is None and images[0].verification.withheld

@@ -1,9 +1,23 @@
-"""Dual-CLIP verifier engine: score generated images against their prompt with open_clip models.
+"""Dual-CLIP verifier engine: does each image show its prompt, and does it break the content policy?
 
 Plain PyTorch and open_clip; no Ray. The deployment in `deployments/verifier.py` wraps it.
+
+How a verdict is reached, per image (every number is a cosine similarity of unit-norm embeddings):
+1. Prompt match. Each model's raw cosine is mapped to a calibrated score,
+   `(cosine - threshold) / (matched_mean - mismatched_mean)`: 0 at that model's threshold, +1 one
+   matched-vs-mismatched gap above it. Raw cosines of a matching pair sit around 0.25-0.35, so a
+   fixed threshold like 0.7 would reject everything; thresholds come from `deployments.calibrate`.
+   The ensemble score is the weighted mean of the calibrated scores and must reach `min_ensemble_score`.
+2. Relative check. The prompt must outscore every distractor caption ("random noise", ...): the
+   weighted mean over models of (prompt cosine - best distractor cosine) must be positive.
+3. Content policy. For each banned concept, the weighted mean over models of (best concept-caption
+   cosine - best neutral-caption cosine) is compared to that concept's threshold; at or above it the
+   image is flagged, and flagged images are withheld from callers.
+An image passes when 1 and 2 hold and 3 flags nothing.
 """
 
 import logging
+import os
 import time
 from dataclasses import dataclass
 from typing import Literal
@@ -12,12 +26,36 @@ import numpy as np
 import open_clip
 import torch
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from deployments.engines.flux import resolve_device
+from deployments.engines.common import ModelFilesMissingError, resolve_device
 from deployments.engines.random_models import register_tiny_clip_configs
 
 logger = logging.getLogger(__name__)
+
+IMAGE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+class Calibration(BaseModel):
+    """One model's score statistics on an operator's own images; written by `python -m deployments.calibrate`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    threshold: float = Field(description="Raw cosine separating matched from mismatched pairs best.")
+    matched_mean: float
+    mismatched_mean: float
+    matched_std: float = Field(0.0, ge=0)
+    mismatched_std: float = Field(0.0, ge=0)
+    pairs: int | None = Field(None, description="Image/prompt pairs the statistics came from.")
+
+    @model_validator(mode="after")
+    def _matched_above_mismatched(self) -> "Calibration":
+        if self.matched_mean <= self.mismatched_mean:
+            raise ValueError("matched_mean must be above mismatched_mean: this model cannot tell them apart")
+        return self
+
+    def calibrated(self, cosine: float) -> float:
+        return (cosine - self.threshold) / (self.matched_mean - self.mismatched_mean)
 
 
 class ClipModelConfig(BaseModel):
@@ -29,8 +67,29 @@ class ClipModelConfig(BaseModel):
     pretrained: str | None = Field(
         description="Weight tag (e.g. 'openai') or local checkpoint path; null builds random weights."
     )
-    threshold: float = Field(description="Raw cosine similarity this model must reach for a pass.")
-    weight: float = Field(1.0, gt=0, description="Weight in the ensemble score.")
+    calibration: Calibration | None = Field(
+        None, description="Needed to serve; `python -m deployments.calibrate` measures and writes it."
+    )
+    weight: float = Field(1.0, gt=0, description="Weight in the ensemble.")
+
+
+class ConceptConfig(BaseModel):
+    """A banned concept, described by one or more captions."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    captions: list[str] = Field(min_length=1)
+    threshold: float = Field(description="Flag at or above this margin over the best neutral caption.")
+
+
+class PolicyConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    neutral_captions: list[str] = Field(
+        ["a photo", "an illustration", "a painting", "a landscape", "an object", "a person"], min_length=1
+    )
+    concepts: list[ConceptConfig] = []
 
 
 class VerifierConfig(BaseModel):
@@ -39,38 +98,158 @@ class VerifierConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     models: list[ClipModelConfig] = Field(min_length=1)
+    min_ensemble_score: float = Field(0.0, description="Ensemble of calibrated scores an image must reach.")
+    distractors: list[str] = Field(
+        ["random noise", "a blank image", "text on a plain background", "a blurry photo"],
+        description="Captions the prompt must outscore; empty disables the relative check.",
+    )
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
     cache_dir: str | None = None
-    precision: Literal["fp32", "fp16", "bf16"] = "fp32"
+    offline: bool = Field(False, description="Never download CLIP weights; fail at start if they are not cached.")
+    precision: Literal["fp32", "fp16", "bf16"] = Field("fp32", description="fp16 on GPUs: half the memory.")
     device: str = "auto"
+    max_batch_size: int = Field(16, ge=1, description="Images verified together by the deployment.")
+    batch_wait_timeout_s: float = Field(0.01, ge=0)
 
 
 @dataclass
 class Verification:
-    """How well one image matches its prompt, per CLIP model and combined."""
+    """How one image fared: per-model and ensemble scores, the decision, and why."""
 
-    scores: dict[str, float]
+    scores: dict[str, float]  # raw cosine per model
+    calibrated_scores: dict[str, float]
     ensemble_score: float
+    distractor_margin: float | None  # prompt minus best distractor; None when no distractors are set
+    flagged_concepts: list[str]
     passed: bool
+    reasons: list[str]
+    embeddings: dict[str, list[float]] | None = None  # unit-norm image embedding per model, on request
+
+    @property
+    def withheld(self) -> bool:
+        """Flagged images are never handed to callers."""
+        return bool(self.flagged_concepts)
 
 
 @dataclass
-class _LoadedClip:
+class ReferenceTexts:
+    """One model's embeddings of the fixed captions, computed once at load."""
+
+    distractors: torch.Tensor | None  # [K, D]; None without distractors
+    neutral: torch.Tensor  # [M, D]
+    concepts: list[torch.Tensor]  # per concept [C, D]
+
+
+def decide(
+    config: VerifierConfig,
+    image_features: dict[str, torch.Tensor],
+    prompt_features: dict[str, torch.Tensor],
+    references: dict[str, ReferenceTexts],
+) -> list[Verification]:
+    """Verdicts for N images from unit-norm embeddings keyed by model name: images [N, D], prompts [N, D]."""
+    if missing := [model.name for model in config.models if model.calibration is None]:
+        raise ValueError(f"calibration: missing for {', '.join(missing)}; run python -m deployments.calibrate")
+    weights = {model.name: model.weight for model in config.models}
+    total = sum(weights.values())
+
+    def ensemble(per_model: dict[str, torch.Tensor]) -> torch.Tensor:
+        return sum(weights[name] * values for name, values in per_model.items()) / total
+
+    def best_match(name: str, captions: torch.Tensor) -> torch.Tensor:
+        return (image_features[name] @ captions.T).max(-1).values
+
+    cosines = {name: (image_features[name] * prompt_features[name]).sum(-1) for name in weights}
+    margins = None
+    if config.distractors:
+        distractor_cosines = {name: image_features[name] @ references[name].distractors.T for name in weights}
+        margins = ensemble({name: cosines[name] - distractor_cosines[name].max(-1).values for name in weights})
+    neutral = {name: best_match(name, references[name].neutral) for name in weights}
+    concept_scores = [
+        ensemble({name: best_match(name, references[name].concepts[c]) - neutral[name] for name in weights})
+        for c in range(len(config.policy.concepts))
+    ]
+
+    verdicts = []
+    for i in range(next(iter(image_features.values())).shape[0]):
+        scores = {model.name: float(cosines[model.name][i]) for model in config.models}
+        calibrated = {model.name: model.calibration.calibrated(scores[model.name]) for model in config.models}
+        ensemble_score = sum(weights[name] * value for name, value in calibrated.items()) / total
+        reasons = []
+        if ensemble_score < config.min_ensemble_score:
+            detail = ", ".join(
+                f"{model.name}: cosine {scores[model.name]:.3f} vs threshold {model.calibration.threshold:.3f}"
+                for model in config.models
+            )
+            reasons.append(f"ensemble score {ensemble_score:.2f} below {config.min_ensemble_score:.2f} ({detail})")
+        margin = None if margins is None else float(margins[i])
+        if margin is not None and margin <= 0:
+            per_caption = ensemble({name: distractor_cosines[name][i] for name in weights})
+            caption = config.distractors[int(per_caption.argmax())]
+            reasons.append(f"the distractor caption '{caption}' matches the image better than the prompt")
+        flagged = []
+        for concept, score in zip(config.policy.concepts, concept_scores, strict=True):
+            if float(score[i]) >= concept.threshold:
+                flagged.append(concept.name)
+                reasons.append(f"content policy: {concept.name} ({float(score[i]):.3f} >= {concept.threshold:.3f})")
+        verdicts.append(
+            Verification(
+                scores=scores,
+                calibrated_scores=calibrated,
+                ensemble_score=ensemble_score,
+                distractor_margin=margin,
+                flagged_concepts=flagged,
+                passed=not reasons,
+                reasons=reasons,
+            )
+        )
+    return verdicts
+
+
+def cached_clip_weights(spec: ClipModelConfig, cache_dir: str | None) -> str | None:
+    """Local weights for `spec` without touching the network; raises if a weight tag is not cached."""
+    if spec.pretrained is None or os.path.isfile(spec.pretrained):
+        return spec.pretrained
+    from huggingface_hub import try_to_load_from_cache
+
+    pretrained_cfg = open_clip.get_pretrained_cfg(spec.name, spec.pretrained)
+    if not pretrained_cfg.get("hf_hub"):
+        raise ModelFilesMissingError(f"{spec.name} has no hub weights tagged '{spec.pretrained}' in open_clip")
+    repo_id, filename = os.path.split(pretrained_cfg["hf_hub"])
+    candidates = ["open_clip_model.safetensors", filename or "open_clip_pytorch_model.bin"]
+    for candidate in candidates:
+        path = try_to_load_from_cache(repo_id, candidate, cache_dir=cache_dir)
+        if isinstance(path, str):
+            return path
+    raise ModelFilesMissingError(
+        f"offline mode: CLIP weights {spec.name}/{spec.pretrained} are not in the Hugging Face cache "
+        f"({cache_dir or 'the default cache'}); expected {repo_id}/{candidates[0]}. Download it once "
+        f"(`hf download {repo_id} {candidates[0]}` with the same cache dir) or set `pretrained` to a local file."
+    )
+
+
+@dataclass
+class LoadedClip:
     config: ClipModelConfig
     model: torch.nn.Module
     preprocess: object
     tokenizer: object
+    references: ReferenceTexts
+
+
+@torch.inference_mode()
+def encode_texts(model: torch.nn.Module, tokenizer, texts: list[str], device: torch.device) -> torch.Tensor:
+    """Unit-norm text embeddings [len(texts), D] in fp32."""
+    return torch.nn.functional.normalize(model.encode_text(tokenizer(texts).to(device)).float(), dim=-1)
 
 
 class ClipEngine:
-    """Scores images against a prompt with every configured CLIP model.
+    """Embeds images and prompts with every configured CLIP model and decides with `decide`."""
 
-    An image passes when each model's cosine similarity reaches that model's threshold; the ensemble
-    score is the weighted mean of the cosines.
-    """
-
-    def __init__(self, models: list[_LoadedClip], device: torch.device) -> None:
+    def __init__(self, config: VerifierConfig, models: list[LoadedClip], device: torch.device) -> None:
+        self.config = config
         self.models = models
         self.device = device
+        self.dtype = IMAGE_DTYPES[config.precision]  # open_clip keeps LayerNorm and logit_scale in fp32
 
     @classmethod
     def load(cls, config: VerifierConfig) -> "ClipEngine":
@@ -79,37 +258,54 @@ class ClipEngine:
         models = []
         for seed, spec in enumerate(config.models):
             start = time.perf_counter()
+            pretrained = cached_clip_weights(spec, config.cache_dir) if config.offline else spec.pretrained
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)  # random-weight models must be the same in every replica
                 model, _, preprocess = open_clip.create_model_and_transforms(
                     spec.name,
-                    pretrained=spec.pretrained,
+                    pretrained=pretrained,
                     precision=config.precision,
                     device=device,
                     cache_dir=config.cache_dir,
                 )
             model.eval().requires_grad_(False)
-            models.append(_LoadedClip(spec, model, preprocess, open_clip.get_tokenizer(spec.name)))
-            logger.info("Loaded CLIP %s (%s) in %.1f s", spec.name, spec.pretrained, time.perf_counter() - start)
-        return cls(models, device)
+            tokenizer = open_clip.get_tokenizer(spec.name)
+            references = ReferenceTexts(
+                distractors=encode_texts(model, tokenizer, config.distractors, device) if config.distractors else None,
+                neutral=encode_texts(model, tokenizer, config.policy.neutral_captions, device),
+                concepts=[encode_texts(model, tokenizer, c.captions, device) for c in config.policy.concepts],
+            )
+            models.append(LoadedClip(spec, model, preprocess, tokenizer, references))
+            logger.info("Loaded CLIP %s (%s) in %.1f s", spec.name, pretrained, time.perf_counter() - start)
+        return cls(config, models, device)
 
     @torch.inference_mode()
-    def verify(self, images: np.ndarray, prompt: str) -> list[Verification]:
-        """Score uint8 images shaped [N, H, W, 3] against one prompt."""
-        pil_images = [Image.fromarray(image) for image in images]
-        scores: list[dict[str, float]] = [{} for _ in pil_images]
+    def embed(self, batch: list[tuple[np.ndarray, str]]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Unit-norm image and prompt embeddings per model, one row per image: [sum of N, D] each."""
+        pil_images = [Image.fromarray(image) for images, _ in batch for image in images]
+        prompts = [prompt for images, prompt in batch for _ in images]
+        unique_prompts = list(dict.fromkeys(prompts))
+        rows = [unique_prompts.index(prompt) for prompt in prompts]
+        image_features, prompt_features = {}, {}
         for clip in self.models:
-            dtype = next(clip.model.parameters()).dtype
-            pixels = torch.stack([clip.preprocess(image) for image in pil_images]).to(self.device, dtype)
-            tokens = clip.tokenizer([prompt]).to(self.device)
-            image_features = torch.nn.functional.normalize(clip.model.encode_image(pixels).float(), dim=-1)
-            text_features = torch.nn.functional.normalize(clip.model.encode_text(tokens).float(), dim=-1)
-            for per_image, cosine in zip(scores, (image_features @ text_features.T).squeeze(1).tolist(), strict=True):
-                per_image[clip.config.name] = cosine
-        return [self._decide(per_image) for per_image in scores]
+            pixels = torch.stack([clip.preprocess(image) for image in pil_images]).to(self.device, self.dtype)
+            features = clip.model.encode_image(pixels).float()
+            image_features[clip.config.name] = torch.nn.functional.normalize(features, dim=-1)
+            prompt_features[clip.config.name] = encode_texts(clip.model, clip.tokenizer, unique_prompts, self.device)[
+                rows
+            ]
+        return image_features, prompt_features
 
-    def _decide(self, scores: dict[str, float]) -> Verification:
-        total_weight = sum(clip.config.weight for clip in self.models)
-        ensemble = sum(clip.config.weight * scores[clip.config.name] for clip in self.models) / total_weight
-        passed = all(scores[clip.config.name] >= clip.config.threshold for clip in self.models)
-        return Verification(scores=scores, ensemble_score=ensemble, passed=passed)
+    def verify(self, batch: list[tuple[np.ndarray, str]], include_embeddings: bool = False) -> list[list[Verification]]:
+        """Verdicts for several requests at once: each is (uint8 images [N, H, W, 3], prompt)."""
+        image_features, prompt_features = self.embed(batch)
+        references = {clip.config.name: clip.references for clip in self.models}
+        verdicts = decide(self.config, image_features, prompt_features, references)
+        if include_embeddings:
+            for i, verdict in enumerate(verdicts):
+                verdict.embeddings = {name: features[i].tolist() for name, features in image_features.items()}
+        grouped, start = [], 0
+        for images, _ in batch:
+            grouped.append(verdicts[start : start + len(images)])
+            start += len(images)
+        return grouped

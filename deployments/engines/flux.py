@@ -17,6 +17,7 @@ import torch
 from diffusers import FluxPipeline, FluxTransformer2DModel
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from deployments.engines.common import ModelFilesMissingError, resolve_device
 from deployments.engines.random_models import full_size_flux_pipeline, tiny_flux_pipeline
 
 logger = logging.getLogger(__name__)
@@ -65,10 +66,6 @@ class FluxConfig(BaseModel):
         return self
 
 
-class ModelFilesMissingError(FileNotFoundError):
-    """The model's files are not where the config says, and the engine may not download them."""
-
-
 class FluxOutOfMemoryError(RuntimeError):
     """CUDA ran out of memory; the engine has freed what it could and serves the next request."""
 
@@ -85,12 +82,6 @@ class FluxOutOfMemoryError(RuntimeError):
 
     def __reduce__(self):
         return type(self), (self.stage, self.allocated_bytes, self.total_bytes)
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def missing_model_files(folder: Path) -> list[str]:

@@ -1,4 +1,4 @@
-"""The engines on their own (plain PyTorch, no Ray), with tiny random-weight models."""
+"""The Flux engine and the tokenizers on their own (plain PyTorch, no Ray), with tiny random-weight models."""
 
 import logging
 import shutil
@@ -8,8 +8,8 @@ import open_clip
 import pytest
 import torch
 
-from deployments.engines.clip import ClipEngine, ClipModelConfig, VerifierConfig
-from deployments.engines.flux import FluxConfig, FluxEngine, ModelFilesMissingError, to_uint8_pixels
+from deployments.engines.common import ModelFilesMissingError
+from deployments.engines.flux import FluxConfig, FluxEngine, to_uint8_pixels
 from deployments.engines.random_models import clip_bpe_tokenizer, t5_standin_tokenizer, tiny_flux_pipeline
 
 TINY = {"random_weights": "tiny", "precision": "fp32", "device": "cpu", "min_side": 64}
@@ -26,15 +26,6 @@ def saved_tiny_pipeline(tmp_path_factory):
     path = tmp_path_factory.mktemp("tiny-flux")
     tiny_flux_pipeline().save_pretrained(path, safe_serialization=True)
     return path
-
-
-@pytest.fixture(scope="module")
-def verifier() -> ClipEngine:
-    models = [
-        ClipModelConfig(name="tiny-clip-a", pretrained=None, threshold=-1.0),
-        ClipModelConfig(name="tiny-clip-b", pretrained=None, threshold=1.0, weight=3.0),
-    ]
-    return ClipEngine.load(VerifierConfig(models=models, device="cpu"))
 
 
 @pytest.mark.parametrize(
@@ -155,14 +146,3 @@ def test_offline_hub_id_not_in_cache_fails_with_a_clear_message(tmp_path):
 def test_random_weights_cannot_take_the_loading_only_options():
     with pytest.raises(ValueError, match="random_weights builds the model in memory"):
         FluxConfig(random_weights="full", precision="nf4")
-
-
-def test_verifier_scores_each_image_per_model_and_decides(verifier, flux):
-    images = to_uint8_pixels(flux.generate("a red fox", seeds=[1, 2, 3], width=64, height=64))
-    verdicts = verifier.verify(images, "a red fox")
-    assert len(verdicts) == 3
-    for verdict in verdicts:
-        a, b = verdict.scores["tiny-clip-a"], verdict.scores["tiny-clip-b"]
-        assert -1.0 <= a <= 1.0 and -1.0 <= b <= 1.0
-        assert verdict.ensemble_score == pytest.approx((a + 3 * b) / 4)
-        assert verdict.passed is False  # tiny-clip-b's threshold of 1.0 cannot be reached

@@ -1,0 +1,14 @@
+"""What both engines need: device choice and the error for model files that are not there."""
+
+import torch
+
+
+class ModelFilesMissingError(FileNotFoundError):
+    """The model's files are not where the config says, and the engine may not download them."""
+
+
+def resolve_device(device: str) -> torch.device:
+    """'auto' is CUDA when present, else CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
