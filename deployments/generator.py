@@ -5,6 +5,7 @@ from collections.abc import Sequence
 import numpy as np
 from ray import serve
 
+from deployments.autoscaling import replica_autoscaling_stats
 from deployments.engines.flux import FluxConfig, FluxEngine, to_uint8_pixels
 from deployments.observability import send_engine_logs_to_serve
 
@@ -14,6 +15,7 @@ class FluxGenerator:
     def __init__(self, config: FluxConfig) -> None:
         send_engine_logs_to_serve()
         self.engine = FluxEngine.load(config)
+        self.in_flight = 0  # calls inside generate: running or waiting for the engine
 
     def generate(
         self,
@@ -26,7 +28,15 @@ class FluxGenerator:
         negative_prompt: str | None = None,
     ) -> np.ndarray:
         """uint8 pixels shaped [len(seeds), height, width, 3]."""
-        images = self.engine.generate(
-            prompt, seeds=seeds, width=width, height=height, steps=steps, negative_prompt=negative_prompt
-        )
-        return to_uint8_pixels(images)
+        self.in_flight += 1
+        try:
+            images = self.engine.generate(
+                prompt, seeds=seeds, width=width, height=height, steps=steps, negative_prompt=negative_prompt
+            )
+            return to_uint8_pixels(images)
+        finally:
+            self.in_flight -= 1
+
+    def record_autoscaling_stats(self) -> dict[str, float]:
+        """VRAM, held resources and queue for `deployments.autoscaling` (only with autoscaling_config)."""
+        return replica_autoscaling_stats(self.in_flight)

@@ -9,6 +9,7 @@ from collections import Counter
 import numpy as np
 from ray import serve
 
+from deployments.autoscaling import replica_autoscaling_stats
 from deployments.engines.clip import ClipEngine, Verification, VerifierConfig
 from deployments.observability import send_engine_logs_to_serve
 
@@ -17,10 +18,12 @@ from deployments.observability import send_engine_logs_to_serve
 class ClipVerifier:
     def __init__(self, config: VerifierConfig) -> None:
         send_engine_logs_to_serve()
+        self.base_config = config
         self.engine = ClipEngine.load(config)
         self.verify.set_max_batch_size(config.max_batch_size)
         self.verify.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
         self.requests_per_batch: Counter[int] = Counter()
+        self.in_flight = 0  # requests in the batch being verified
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
     async def verify(
@@ -28,13 +31,40 @@ class ClipVerifier:
     ) -> list[list[Verification]]:
         """One call per request (uint8 images [N, H, W, 3], prompt, include_embeddings); Serve batches them."""
         self.requests_per_batch[len(images)] += 1
-        verdicts = await asyncio.to_thread(
-            self.engine.verify, list(zip(images, prompts, strict=True)), any(include_embeddings)
-        )
+        self.in_flight = len(images)
+        try:
+            verdicts = await asyncio.to_thread(
+                self.engine.verify, list(zip(images, prompts, strict=True)), any(include_embeddings)
+            )
+        finally:
+            self.in_flight = 0
         for request_verdicts, wanted in zip(verdicts, include_embeddings, strict=True):
             for verdict in request_verdicts:
                 verdict.embeddings = verdict.embeddings if wanted else None
         return verdicts
+
+    def reconfigure(self, user_config: dict) -> None:
+        """Apply the YAML `user_config` in place, without reloading the models.
+
+        Keys: `min_ensemble_score`, `distractors`, `policy` (as under `verifier:`), and `calibration`:
+        {model name: calibration block}, e.g. what `python -m deployments.calibrate` measured.
+        """
+        settings = self.base_config.model_dump()
+        settings.update(
+            {key: user_config[key] for key in ("min_ensemble_score", "distractors", "policy") if key in user_config}
+        )
+        calibrations = user_config.get("calibration", {})
+        if unknown := set(calibrations) - {model["name"] for model in settings["models"]}:
+            raise ValueError(f"calibration: no such verifier model: {', '.join(sorted(unknown))}")
+        for model in settings["models"]:
+            model["calibration"] = calibrations.get(model["name"], model["calibration"])
+        if unknown := set(user_config) - {"min_ensemble_score", "distractors", "policy", "calibration"}:
+            raise ValueError(f"user_config: unknown keys {', '.join(sorted(unknown))}")
+        self.engine.reconfigure(VerifierConfig.model_validate(settings))
+
+    def record_autoscaling_stats(self) -> dict[str, float]:
+        """VRAM, held resources and queue for `deployments.autoscaling` (only with autoscaling_config)."""
+        return replica_autoscaling_stats(self.in_flight)
 
     def batch_histogram(self) -> dict[int, int]:
         """How many batches held each number of requests, since the replica started."""

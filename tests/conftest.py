@@ -57,7 +57,7 @@ def local_service():
     from deployments.app import AppArgs, build_app
 
     config = local_app_config()
-    ray.init(num_cpus=4, include_dashboard=False)  # logical CPUs: room for a second, stricter app
+    ray.init(address="local", num_cpus=4, include_dashboard=False)  # logical CPUs: room for a second, stricter app
     try:
         # The YAML's `deployments:` options reach replicas through `serve run`/`serve deploy` (see
         # test_cli.py); here the code's defaults apply, which fit the same 2 CPUs.

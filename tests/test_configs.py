@@ -3,13 +3,19 @@
 import pytest
 from ray.serve._private.build_app import build_app as build_deployments
 from ray.serve.config import AutoscalingConfig
-from ray.serve.schema import DeploymentSchema, RayActorOptionsSchema, ServeDeploySchema
+from ray.serve.schema import DeploymentSchema, RayActorOptionsSchema, ServeApplicationSchema, ServeDeploySchema
 
 from conftest import load_yaml
 from deployments.app import AppArgs, build_app
 from deployments.engines.flux import FluxConfig
 
-CONFIGS = ["serve_config.yaml", "configs/local.yaml", "configs/gpu-12gb.yaml"]
+CONFIGS = [
+    "serve_config.yaml",
+    "configs/local.yaml",
+    "configs/gpu-12gb.yaml",
+    "configs/gpu-80gb.yaml",
+    "configs/cluster.yaml",
+]
 
 
 def unknown_keys(section: dict, schema) -> set[str]:
@@ -25,6 +31,7 @@ def test_config_passes_rays_schema(path):
 def test_config_has_no_keys_ray_would_ignore(path):
     """Ray ignores unknown keys in deployment entries; a typo there would silently change nothing."""
     for app in load_yaml(path)["applications"]:
+        assert not unknown_keys(app, ServeApplicationSchema), app.keys()
         for deployment in app["deployments"]:
             assert not unknown_keys(deployment, DeploymentSchema), deployment
             assert not unknown_keys(deployment.get("ray_actor_options", {}), RayActorOptionsSchema), deployment
@@ -68,3 +75,39 @@ def test_sizes_the_generator_would_refuse_are_caught_at_deploy_time():
     args["limits"]["sizes"] = ["512x512", "4096x4096"]
     with pytest.raises(ValueError, match=r"limits.sizes: 4096x4096"):
         AppArgs.model_validate(args)
+
+
+GPU_CONFIGS = ["serve_config.yaml", "configs/gpu-12gb.yaml", "configs/gpu-80gb.yaml", "configs/cluster.yaml"]
+
+
+def deployment_options(path: str) -> dict[str, dict]:
+    return {d["name"]: d for d in load_yaml(path)["applications"][0]["deployments"]}
+
+
+@pytest.mark.parametrize("path", GPU_CONFIGS)
+def test_every_gpu_deployment_asks_for_vram(path):
+    for name, options in deployment_options(path).items():
+        actor = options.get("ray_actor_options", {})
+        if actor.get("num_gpus", 0) > 0:
+            assert actor.get("resources", {}).get("vram_gb", 0) > 0, name
+
+
+@pytest.mark.parametrize(
+    ("path", "card_vram_gb", "generators"),
+    [("configs/gpu-12gb.yaml", 11, 1), ("configs/gpu-80gb.yaml", 79, 2)],  # what `deployments.vram` advertises
+)
+def test_single_gpu_profiles_pack_their_card(path, card_vram_gb, generators):
+    options = deployment_options(path)
+
+    def vram(name: str) -> float:
+        return options[name]["ray_actor_options"]["resources"]["vram_gb"]
+
+    def gpus(name: str) -> float:
+        return options[name]["ray_actor_options"]["num_gpus"]
+
+    generator = options["FluxGenerator"]
+    most = generator.get("autoscaling_config", {}).get("max_replicas", generator.get("num_replicas"))
+    assert most == generators
+    assert generators * vram("FluxGenerator") + vram("ClipVerifier") <= card_vram_gb
+    assert (generators + 1) * vram("FluxGenerator") + vram("ClipVerifier") > card_vram_gb  # one more would not fit
+    assert generators * gpus("FluxGenerator") + gpus("ClipVerifier") <= 1

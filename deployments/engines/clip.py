@@ -242,6 +242,14 @@ def encode_texts(model: torch.nn.Module, tokenizer, texts: list[str], device: to
     return torch.nn.functional.normalize(model.encode_text(tokenizer(texts).to(device)).float(), dim=-1)
 
 
+def reference_texts(model: torch.nn.Module, tokenizer, config: VerifierConfig, device: torch.device) -> ReferenceTexts:
+    return ReferenceTexts(
+        distractors=encode_texts(model, tokenizer, config.distractors, device) if config.distractors else None,
+        neutral=encode_texts(model, tokenizer, config.policy.neutral_captions, device),
+        concepts=[encode_texts(model, tokenizer, c.captions, device) for c in config.policy.concepts],
+    )
+
+
 class ClipEngine:
     """Embeds images and prompts with every configured CLIP model and decides with `decide`."""
 
@@ -270,14 +278,21 @@ class ClipEngine:
                 )
             model.eval().requires_grad_(False)
             tokenizer = open_clip.get_tokenizer(spec.name)
-            references = ReferenceTexts(
-                distractors=encode_texts(model, tokenizer, config.distractors, device) if config.distractors else None,
-                neutral=encode_texts(model, tokenizer, config.policy.neutral_captions, device),
-                concepts=[encode_texts(model, tokenizer, c.captions, device) for c in config.policy.concepts],
-            )
+            references = reference_texts(model, tokenizer, config, device)
             models.append(LoadedClip(spec, model, preprocess, tokenizer, references))
             logger.info("Loaded CLIP %s (%s) in %.1f s", spec.name, pretrained, time.perf_counter() - start)
         return cls(config, models, device)
+
+    def reconfigure(self, config: VerifierConfig) -> None:
+        """Take new decision settings (calibration, weights, distractors, policy) without reloading models."""
+        if [(m.name, m.pretrained) for m in config.models] != [
+            (m.config.name, m.config.pretrained) for m in self.models
+        ]:
+            raise ValueError("models: changing which CLIP models run needs a redeploy, not a reconfigure")
+        for loaded, spec in zip(self.models, config.models, strict=True):
+            loaded.config = spec
+            loaded.references = reference_texts(loaded.model, loaded.tokenizer, config, self.device)
+        self.config = config
 
     @torch.inference_mode()
     def embed(self, batch: list[tuple[np.ndarray, str]]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
