@@ -16,6 +16,20 @@ from deployments.engines.clip import Verification
 MAX_SEED = 2**32 - 1
 
 
+class VerificationFailedError(RuntimeError):
+    """No attempt produced an image that passed verification; `attempts` holds every verdict."""
+
+    def __init__(self, attempts: list[list["Attempt"]]) -> None:
+        super().__init__(attempts)
+        self.attempts = attempts
+
+    def __str__(self) -> str:
+        tries = max(len(slot) for slot in self.attempts)
+        withheld = any(reason.startswith("content policy") for slot in self.attempts for reason in slot[-1].reasons)
+        why = " (the content policy withheld images)" if withheld else ""
+        return f"no image passed verification after {tries} attempt(s){why}; `attempts` has every verdict"
+
+
 class InvalidRequestError(ValueError):
     """A request the service refuses; `field` names the offending request field."""
 
@@ -71,6 +85,8 @@ class ImageLimits(BaseModel):
     default_steps: int = Field(4, ge=1)
     max_steps: int = Field(8, ge=1)
     max_prompt_chars: int = Field(2000, ge=1)
+    max_prompt_bytes: int = Field(4000, ge=1, description="UTF-8 bytes; a prompt of emoji counts 4 per glyph.")
+    max_body_bytes: int = Field(16_384, ge=1, description="HTTP request body size; larger bodies get 413.")
 
     def check(self, request: ImageRequest) -> tuple[int, int, int]:
         """Raise `InvalidRequestError` for what the schema cannot know; return (width, height, steps)."""
@@ -83,33 +99,79 @@ class ImageLimits(BaseModel):
             raise InvalidRequestError("num_inference_steps", f"must be at most {self.max_steps}; got {steps}")
         if len(request.prompt) > self.max_prompt_chars:
             raise InvalidRequestError("prompt", f"must be at most {self.max_prompt_chars} characters")
+        if len(request.prompt.encode()) > self.max_prompt_bytes:
+            raise InvalidRequestError("prompt", f"must be at most {self.max_prompt_bytes} bytes in UTF-8")
+        if request.negative_prompt and len(request.negative_prompt.encode()) > self.max_prompt_bytes:
+            raise InvalidRequestError("negative_prompt", f"must be at most {self.max_prompt_bytes} bytes in UTF-8")
         width, height = (int(side) for side in request.size.split("x"))
         return width, height, steps
 
 
+class AuthConfig(BaseModel):
+    """API keys (bearer tokens). On unless `disabled: true` is written out."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    disabled: bool = False
+    keys_env: str | None = Field("VORTEX_API_KEYS", description="Environment variable with comma-separated keys.")
+    keys_file: str | None = Field(None, description="File with one key per line.")
+
+
+class ServingConfig(BaseModel):
+    """How the ingress serves: the `serving:` block of the application args."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_attempts: int = Field(3, ge=1, description="Generations per image slot until one passes verification.")
+    request_timeout_s: float = Field(120.0, gt=0, description="A request taking longer fails with 504.")
+    retry_after_s: int = Field(5, ge=1, description="Sent as Retry-After with 503 answers.")
+    auth: AuthConfig = Field(default_factory=AuthConfig)
+
+
+@dataclass
+class Attempt:
+    """One generation of one image slot and how it fared."""
+
+    seed: int
+    passed: bool
+    ensemble_score: float
+    scores: dict[str, float]
+    reasons: list[str]
+
+    @classmethod
+    def of(cls, seed: int, verification: Verification) -> "Attempt":
+        return cls(seed, verification.passed, verification.ensemble_score, verification.scores, verification.reasons)
+
+
 @dataclass
 class GeneratedImage:
-    """One verified image, as handle callers receive it. `png` is None when the content policy withheld it."""
+    """One verified image, as handle callers receive it, with every attempt it took."""
 
-    png: bytes | None
+    png: bytes
     seed: int
     verification: Verification
+    attempts: list[Attempt]
 
 
 class ImageData(BaseModel):
-    b64_json: str | None = Field(description="The PNG, base64-encoded; null when withheld.")
-    withheld: bool = Field(description="The content policy flagged the image; `verification.reasons` says why.")
+    b64_json: str = Field(description="The PNG, base64-encoded.")
     seed: int = Field(description="The seed this image was drawn from.")
     verification: Verification
+    attempts: list[Attempt] = Field(description="Every generation for this image, the returned one last.")
 
     @classmethod
     def from_image(cls, image: GeneratedImage) -> "ImageData":
-        b64 = None if image.png is None else base64.b64encode(image.png).decode()
-        return cls(b64_json=b64, withheld=image.png is None, seed=image.seed, verification=image.verification)
+        return cls(
+            b64_json=base64.b64encode(image.png).decode(),
+            seed=image.seed,
+            verification=image.verification,
+            attempts=image.attempts,
+        )
 
 
 class ImagesResponse(BaseModel):
     created: int = Field(description="Unix time the response was made.")
+    request_id: str = Field(description="Also in the X-Request-ID header and the service's logs.")
     data: list[ImageData]
 
 
@@ -122,3 +184,4 @@ class ErrorDetail(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorDetail
+    attempts: list[list[Attempt]] | None = Field(None, description="With 422: every attempt for each image slot.")

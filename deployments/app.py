@@ -6,7 +6,7 @@
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ray.serve import Application
 
-from deployments.api import ImageLimits
+from deployments.api import ImageLimits, ServingConfig
 from deployments.engines.clip import VerifierConfig
 from deployments.engines.flux import FluxConfig
 from deployments.generator import FluxGenerator
@@ -22,6 +22,7 @@ class AppArgs(BaseModel):
     flux: FluxConfig = Field(default_factory=FluxConfig)
     verifier: VerifierConfig
     limits: ImageLimits = Field(default_factory=ImageLimits)
+    serving: ServingConfig = Field(default_factory=ServingConfig)
 
     @model_validator(mode="after")
     def _sizes_fit_the_generator(self) -> "AppArgs":
@@ -48,4 +49,4 @@ class AppArgs(BaseModel):
 def build_app(args: AppArgs) -> Application:
     generator = FluxGenerator.bind(args.flux)
     verifier = ClipVerifier.bind(args.verifier)
-    return Ingress.bind(generator, verifier, args.limits)
+    return Ingress.bind(generator, verifier, args.limits, args.serving)

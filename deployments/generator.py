@@ -1,5 +1,6 @@
 """FluxGenerator: the Ray Serve deployment around the Flux engine. GPUs come from YAML `ray_actor_options`."""
 
+import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -7,7 +8,8 @@ from ray import serve
 
 from deployments.autoscaling import replica_autoscaling_stats
 from deployments.engines.flux import FluxConfig, FluxEngine, to_uint8_pixels
-from deployments.observability import send_engine_logs_to_serve
+from deployments.observability import generator_metrics, send_engine_logs_to_serve
+from deployments.vram import GB
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 1}, max_ongoing_requests=2)
@@ -16,6 +18,7 @@ class FluxGenerator:
         send_engine_logs_to_serve()
         self.engine = FluxEngine.load(config)
         self.in_flight = 0  # calls inside generate: running or waiting for the engine
+        self.metrics = generator_metrics()
 
     def generate(
         self,
@@ -29,6 +32,7 @@ class FluxGenerator:
     ) -> np.ndarray:
         """uint8 pixels shaped [len(seeds), height, width, 3]."""
         self.in_flight += 1
+        start = time.perf_counter()
         try:
             images = self.engine.generate(
                 prompt, seeds=seeds, width=width, height=height, steps=steps, negative_prompt=negative_prompt
@@ -36,6 +40,10 @@ class FluxGenerator:
             return to_uint8_pixels(images)
         finally:
             self.in_flight -= 1
+            self.metrics.latency.observe(time.perf_counter() - start)
+            self.metrics.batch.observe(len(seeds))
+            vram_used = replica_autoscaling_stats(self.in_flight)["vram_used_gb"] * GB
+            self.metrics.vram_used.set(vram_used, tags={"deployment": "FluxGenerator"})
 
     def record_autoscaling_stats(self) -> dict[str, float]:
         """VRAM, held resources and queue for `deployments.autoscaling` (only with autoscaling_config)."""

@@ -1,9 +1,20 @@
-"""Ingress: the FastAPI front door (no GPU). Validates, calls the generator then the verifier, encodes PNGs."""
+"""Ingress: the FastAPI front door (no GPU).
+
+It checks the API key and the request, asks the generator for images, has each verified, generates
+again with a new seed for every image that fails (up to `serving.max_attempts`), encodes PNGs, and
+turns every failure into a clear HTTP answer: 400 bad input, 401 no key, 413 body too large, 422 no
+image passed verification, 503 overloaded or out of GPU memory (with Retry-After), 504 too slow.
+"""
 
 import asyncio
+import hashlib
+import hmac
 import io
+import logging
+import os
 import secrets
 import time
+from pathlib import Path
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -12,10 +23,14 @@ from fastapi.responses import JSONResponse
 from PIL import Image
 from pydantic import ValidationError
 from ray import serve
+from ray.exceptions import RayActorError
+from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
 from deployments.api import (
     MAX_SEED,
+    Attempt,
+    AuthConfig,
     ErrorDetail,
     ErrorResponse,
     GeneratedImage,
@@ -24,34 +39,98 @@ from deployments.api import (
     ImageRequest,
     ImagesResponse,
     InvalidRequestError,
+    ServingConfig,
+    VerificationFailedError,
 )
+from deployments.engines.clip import Verification
+from deployments.engines.flux import FluxOutOfMemoryError
+from deployments.observability import request_id, service_metrics
+
+logger = logging.getLogger("ray.serve")
 
 app = FastAPI(
     title="Vortex Serve",
     description="FLUX.1-schnell text-to-image, every image checked by a dual-CLIP verifier before it is returned.",
     version="0.1.0",
 )
+GENERATIONS = "/v1/images/generations"
+OPEN_PATHS = {"/healthz", "/docs", "/openapi.json", "/docs/oauth2-redirect", "/redoc"}
 
 
-def _error(status: int, param: str | None, message: str) -> JSONResponse:
-    body = ErrorResponse(error=ErrorDetail(message=message, param=param))
-    return JSONResponse(status_code=status, content=body.model_dump())
+class ServiceUnavailableError(RuntimeError):
+    """Overload, GPU memory or a lost replica: try again after `retry_after_s`."""
+
+
+def error_response(status: int, param: str | None, message: str, kind: str, **extra) -> JSONResponse:
+    body = ErrorResponse(error=ErrorDetail(message=message, param=param, type=kind), **extra)
+    content = body.model_dump(mode="json", exclude=set() if body.attempts else {"attempts"})
+    return JSONResponse(status_code=status, content=content)
 
 
 @app.exception_handler(RequestValidationError)
 async def _invalid_body(_: Request, exc: RequestValidationError) -> JSONResponse:
     """OpenAI-style 400 naming the field, instead of FastAPI's 422 list."""
     first = exc.errors()[0]
-    location = [str(part) for part in first["loc"] if part != "body"]
     if first["type"] == "json_invalid":
-        return _error(400, "body", f"malformed JSON: {first.get('ctx', {}).get('error', first['msg'])}")
-    param = ".".join(location) or "body"
-    return _error(400, param, f"{param}: {first['msg']}")
+        message = f"malformed JSON: {first.get('ctx', {}).get('error', first['msg'])}"
+        return error_response(400, "body", message, "invalid_request_error")
+    param = ".".join(str(part) for part in first["loc"] if part != "body") or "body"
+    return error_response(400, param, f"{param}: {first['msg']}", "invalid_request_error")
 
 
 @app.exception_handler(InvalidRequestError)
 async def _invalid_request(_: Request, exc: InvalidRequestError) -> JSONResponse:
-    return _error(400, exc.field, str(exc))
+    return error_response(400, exc.field, str(exc), "invalid_request_error")
+
+
+@app.exception_handler(VerificationFailedError)
+async def _verification_failed(_: Request, exc: VerificationFailedError) -> JSONResponse:
+    return error_response(422, None, str(exc), "verification_failed", attempts=exc.attempts)
+
+
+@app.middleware("http")
+async def _guard(request: Request, call_next):
+    """API key and body size, before the body is parsed."""
+    ingress: Ingress = request.app.state.ingress
+    if request.url.path not in OPEN_PATHS and not ingress.authorized(request.headers.get("authorization")):
+        response = error_response(401, None, "missing or invalid API key", "authentication_error")
+        response.headers["WWW-Authenticate"] = "Bearer"
+        return response
+    if request.method == "POST":
+        limit = ingress.limits.max_body_bytes
+        declared = request.headers.get("content-length")
+        body = await request.body()  # Starlette caches it for the route
+        if (declared and declared.isdigit() and int(declared) > limit) or len(body) > limit:
+            return error_response(413, "body", f"request body must be at most {limit} bytes", "invalid_request_error")
+    return await call_next(request)
+
+
+def load_api_keys(auth: AuthConfig) -> list[bytes]:
+    """SHA-256 digests of the configured keys, so comparisons take the same time whatever the length."""
+    keys = []
+    if auth.keys_env and os.environ.get(auth.keys_env):
+        keys += os.environ[auth.keys_env].split(",")
+    if auth.keys_file:
+        keys += Path(auth.keys_file).read_text().splitlines()
+    digests = [hashlib.sha256(key.strip().encode()).digest() for key in keys if key.strip()]
+    if not digests and not auth.disabled:
+        raise ValueError(
+            f"serving.auth: no API keys found (env {auth.keys_env}, file {auth.keys_file}); "
+            "set some, or write `disabled: true` to serve without keys"
+        )
+    return digests
+
+
+REJECTION_KINDS = {
+    "ensemble score": "prompt_mismatch",
+    "the distractor": "distractor",
+    "content policy": "content_policy",
+}
+
+
+def rejection_kind(reason: str) -> str:
+    """A metric label for a verifier reason."""
+    return next((kind for prefix, kind in REJECTION_KINDS.items() if reason.startswith(prefix)), "other")
 
 
 def encode_png(pixels: np.ndarray) -> bytes:
@@ -63,31 +142,81 @@ def encode_png(pixels: np.ndarray) -> bytes:
 @serve.deployment(ray_actor_options={"num_cpus": 0.5})
 @serve.ingress(app)
 class Ingress:
-    def __init__(self, generator: DeploymentHandle, verifier: DeploymentHandle, limits: ImageLimits) -> None:
+    def __init__(
+        self,
+        generator: DeploymentHandle,
+        verifier: DeploymentHandle,
+        limits: ImageLimits,
+        serving: ServingConfig | None = None,
+    ) -> None:
         self.generator = generator
         self.verifier = verifier
         self.limits = limits
+        self.serving = serving or ServingConfig()
+        self.auth_disabled = self.serving.auth.disabled
+        self.api_keys = load_api_keys(self.serving.auth)
+        self.metrics = service_metrics()
+        app.state.ingress = self
+
+    def authorized(self, header: str | None) -> bool:
+        if self.auth_disabled:
+            return True
+        scheme, _, token = (header or "").partition(" ")
+        digest = hashlib.sha256(token.strip().encode()).digest()
+        matched = False
+        for key in self.api_keys:  # every key is compared: the time says nothing about which keys exist
+            matched |= hmac.compare_digest(digest, key)
+        return scheme.lower() == "bearer" and matched
 
     @app.get("/healthz")
     async def healthz(self) -> dict[str, str]:
         return {"status": "ok"}
 
     @app.post(
-        "/v1/images/generations",
+        GENERATIONS,
         response_model=ImagesResponse,
-        responses={400: {"model": ErrorResponse, "description": "Invalid request; `error.param` names the field."}},
+        responses={
+            400: {"model": ErrorResponse, "description": "Invalid request; `error.param` names the field."},
+            401: {"model": ErrorResponse, "description": "Missing or invalid API key."},
+            413: {"model": ErrorResponse, "description": "Request body too large."},
+            422: {"model": ErrorResponse, "description": "No image passed verification; `attempts` has the verdicts."},
+            503: {"model": ErrorResponse, "description": "Overloaded or out of GPU memory; see Retry-After."},
+            504: {"model": ErrorResponse, "description": "The request took longer than the service allows."},
+        },
     )
-    async def create_images(self, request: ImageRequest) -> ImagesResponse:
+    async def create_images(self, request: ImageRequest):
         """Generate `n` images for `prompt`, each verified against it, as base64 PNGs."""
-        images = await self.generate(request)
-        return ImagesResponse(created=int(time.time()), data=[ImageData.from_image(image) for image in images])
+        start = time.perf_counter()
+        status = 200
+        try:
+            images = await self.generate(request)
+            return ImagesResponse(
+                created=int(time.time()),
+                request_id=request_id(),
+                data=[ImageData.from_image(image) for image in images],
+            )
+        except ServiceUnavailableError as error:
+            status = 503
+            response = error_response(503, None, str(error), "service_unavailable")
+            response.headers["Retry-After"] = str(self.serving.retry_after_s)
+            return response
+        except TimeoutError as error:
+            status = 504
+            return error_response(504, None, str(error), "timeout")
+        except (InvalidRequestError, VerificationFailedError) as error:
+            status = 400 if isinstance(error, InvalidRequestError) else 422
+            raise
+        finally:
+            self.metrics.request_latency.observe(time.perf_counter() - start, tags={"status": str(status)})
 
     async def generate(self, request: ImageRequest | dict) -> list[GeneratedImage]:
         """Handle API: generate and verify images for `request`.
 
         Call it from your own Ray actors or tasks with
         `serve.get_app_handle("vortex").generate.remote(ImageRequest(prompt=...))`. Raises
-        `InvalidRequestError` (a `ValueError` naming the field) for a request the service refuses.
+        `InvalidRequestError` (a `ValueError` naming the field) for a request the service refuses,
+        `VerificationFailedError` when no attempt passed, `ServiceUnavailableError` when overloaded
+        or out of GPU memory, and `TimeoutError` past `serving.request_timeout_s`.
         """
         if isinstance(request, dict):
             try:
@@ -95,23 +224,62 @@ class Ingress:
             except ValidationError as exc:
                 raise InvalidRequestError.from_validation_error(exc) from None
         width, height, steps = self.limits.check(request)
-        first_seed = secrets.randbelow(MAX_SEED + 1 - request.n) if request.seed is None else request.seed
-        seeds = [(first_seed + i) % (MAX_SEED + 1) for i in range(request.n)]
+        try:
+            return await asyncio.wait_for(
+                self._generate_verified(request, width, height, steps), self.serving.request_timeout_s
+            )
+        except asyncio.TimeoutError:
+            raise TimeoutError(f"the request took longer than {self.serving.request_timeout_s} s") from None
 
-        pixels_response = self.generator.generate.remote(
-            request.prompt,
-            seeds=seeds,
-            width=width,
-            height=height,
-            steps=steps,
-            negative_prompt=request.negative_prompt,
-        )
-        verifications = await self.verifier.verify.remote(pixels_response, request.prompt, request.include_embeddings)
-        pixels = await pixels_response
-        pngs = await asyncio.to_thread(
-            lambda: [None if v.withheld else encode_png(image) for image, v in zip(pixels, verifications, strict=True)]
-        )
+    async def _generate_verified(
+        self, request: ImageRequest, width: int, height: int, steps: int
+    ) -> list[GeneratedImage]:
+        n = request.n
+        first_seed = secrets.randbelow(MAX_SEED + 1 - n) if request.seed is None else request.seed
+        attempts: list[list[Attempt]] = [[] for _ in range(n)]
+        passed: dict[int, tuple[int, np.ndarray, Verification]] = {}
+        pending = list(range(n))
+        for round_number in range(self.serving.max_attempts):
+            # Slot i, attempt a uses seed first_seed + i + a * n: reproducible, never repeated in a request.
+            seeds = [(first_seed + slot + round_number * n) % (MAX_SEED + 1) for slot in pending]
+            pixels, verifications = await self._generate_once(request, seeds, width, height, steps)
+            still_failing = []
+            for slot, seed, image, verification in zip(pending, seeds, pixels, verifications, strict=True):
+                attempts[slot].append(Attempt.of(seed, verification))
+                if verification.passed:
+                    passed[slot] = (seed, image, verification)
+                    continue
+                still_failing.append(slot)
+                for reason in verification.reasons:
+                    self.metrics.rejections.inc(tags={"reason": rejection_kind(reason)})
+                for concept in verification.flagged_concepts:
+                    self.metrics.withheld.inc(tags={"concept": concept})
+            pending = still_failing
+            if not pending:
+                break
+        self.metrics.attempts.observe(max(len(slot) for slot in attempts))
+        if pending:
+            raise VerificationFailedError(attempts)
+        pngs = await asyncio.to_thread(lambda: [encode_png(passed[slot][1]) for slot in range(n)])
         return [
-            GeneratedImage(png=png, seed=seed, verification=verification)
-            for png, seed, verification in zip(pngs, seeds, verifications, strict=True)
+            GeneratedImage(png=png, seed=passed[slot][0], verification=passed[slot][2], attempts=attempts[slot])
+            for slot, png in enumerate(pngs)
         ]
+
+    async def _generate_once(self, request: ImageRequest, seeds: list[int], width: int, height: int, steps: int):
+        """One generator call and its verification; overload, OOM and lost replicas become 503s."""
+        try:
+            pixels = await self.generator.generate.remote(
+                request.prompt, seeds=seeds, width=width, height=height, steps=steps,
+                negative_prompt=request.negative_prompt,
+            )  # fmt: skip
+            verifications = await self.verifier.verify.remote(pixels, request.prompt, request.include_embeddings)
+            return pixels, verifications
+        except BackPressureError:
+            raise ServiceUnavailableError("the service is at capacity; retry later") from None
+        except FluxOutOfMemoryError as error:
+            logger.warning("generation ran out of GPU memory: %s", error)
+            raise ServiceUnavailableError("the generator ran out of GPU memory for this request; retry later") from None
+        except RayActorError:
+            logger.warning("a replica died while serving request %s", request_id())
+            raise ServiceUnavailableError("a replica failed while serving this request; retry") from None

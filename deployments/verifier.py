@@ -4,6 +4,7 @@ Concurrent verification requests are batched into one forward pass per CLIP mode
 """
 
 import asyncio
+import time
 from collections import Counter
 
 import numpy as np
@@ -11,7 +12,7 @@ from ray import serve
 
 from deployments.autoscaling import replica_autoscaling_stats
 from deployments.engines.clip import ClipEngine, Verification, VerifierConfig
-from deployments.observability import send_engine_logs_to_serve
+from deployments.observability import send_engine_logs_to_serve, verifier_metrics
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=32)
@@ -24,6 +25,7 @@ class ClipVerifier:
         self.verify.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
         self.requests_per_batch: Counter[int] = Counter()
         self.in_flight = 0  # requests in the batch being verified
+        self.metrics = verifier_metrics()
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
     async def verify(
@@ -31,13 +33,16 @@ class ClipVerifier:
     ) -> list[list[Verification]]:
         """One call per request (uint8 images [N, H, W, 3], prompt, include_embeddings); Serve batches them."""
         self.requests_per_batch[len(images)] += 1
+        self.metrics.batch.observe(len(images))
         self.in_flight = len(images)
+        start = time.perf_counter()
         try:
             verdicts = await asyncio.to_thread(
                 self.engine.verify, list(zip(images, prompts, strict=True)), any(include_embeddings)
             )
         finally:
             self.in_flight = 0
+            self.metrics.latency.observe(time.perf_counter() - start)
         for request_verdicts, wanted in zip(verdicts, include_embeddings, strict=True):
             for verdict in request_verdicts:
                 verdict.embeddings = verdict.embeddings if wanted else None

@@ -34,7 +34,6 @@ def test_generation_returns_verified_pngs(local_service):
     for item in body["data"]:
         image = decode_png(item["b64_json"])
         assert (image.format, image.size, image.mode) == ("PNG", (256, 256), "RGB")
-        assert item["withheld"] is False
         verification = item["verification"]
         assert set(verification["scores"]) == {"tiny-clip-a", "tiny-clip-b"}
         assert set(verification["calibrated_scores"]) == {"tiny-clip-a", "tiny-clip-b"}
@@ -43,6 +42,8 @@ def test_generation_returns_verified_pngs(local_service):
         assert verification["passed"] is True  # the CPU profile's calibration accepts random-weight scores
         assert verification["reasons"] == [] and verification["flagged_concepts"] == []
         assert verification["embeddings"] is None
+        assert [attempt["seed"] for attempt in item["attempts"]] == [item["seed"]]  # passed at once
+    assert body["request_id"] == response.headers["x-request-id"]
     assert body["data"][0]["b64_json"] != body["data"][1]["b64_json"]
 
 
@@ -135,6 +136,15 @@ class HandleCaller:
 
         return serve.get_app_handle(app_name).generate.remote(request).result(timeout_s=120)
 
+    def verification_failure(self, app_name: str, request: ImageRequest) -> list[int]:
+        from deployments.api import VerificationFailedError
+
+        try:
+            self.generate_from(app_name, request)
+        except VerificationFailedError as error:
+            return [len(slot) for slot in error.attempts]
+        return []
+
     def field_refused(self, request: ImageRequest | dict) -> str | None:
         """The field named by the `InvalidRequestError` (a `ValueError`) the handle raised, if any."""
         try:
@@ -194,30 +204,31 @@ def test_concurrent_verifications_share_a_batch(local_service):
 
 @pytest.fixture(scope="module")
 def strict_service(local_service):
-    """A second app whose content policy flags everything and whose distractors always win."""
+    """A second app whose content policy flags everything, allowing two attempts per image."""
     from ray import serve
 
     from conftest import local_app_config
     from deployments.app import AppArgs, build_app
 
     args = local_app_config()["args"]
-    args["verifier"]["distractors"] = ["noise"]
     args["verifier"]["policy"] = {"concepts": [{"name": "everything", "captions": ["anything"], "threshold": -2.0}]}
+    args["serving"]["max_attempts"] = 2
     serve.run(build_app(AppArgs.model_validate(args)), name="strict", route_prefix="/strict")
     yield local_service + "/strict"
     serve.delete("strict")
 
 
-def test_flagged_images_are_withheld_and_the_response_says_why(strict_service):
-    response = post(strict_service, {"prompt": "a quiet harbour", "size": "256x256", "n": 2})
-    assert response.status_code == 200
-    for item in response.json()["data"]:
-        assert item["withheld"] is True and item["b64_json"] is None
-        verification = item["verification"]
-        assert verification["flagged_concepts"] == ["everything"] and verification["passed"] is False
-        assert any(reason.startswith("content policy: everything") for reason in verification["reasons"])
+def test_flagged_images_are_never_sent_and_the_422_says_why(strict_service):
+    response = post(strict_service, {"prompt": "a quiet harbour", "size": "256x256", "n": 2, "seed": 10})
+    assert response.status_code == 422
+    body = response.json()
+    assert "b64_json" not in response.text
+    assert body["error"]["type"] == "verification_failed" and "content policy" in body["error"]["message"]
+    assert [[attempt["seed"] for attempt in slot] for slot in body["attempts"]] == [[10, 12], [11, 13]]
+    for slot in body["attempts"]:
+        assert all(reason.startswith("content policy: everything") for a in slot for reason in a["reasons"])
 
 
-def test_handle_callers_never_get_withheld_pixels(strict_service):
-    images = ray.get(HandleCaller.remote().generate_from.remote("strict", ImageRequest(prompt="a harbour")))
-    assert images[0].png is None and images[0].verification.withheld
+def test_handle_callers_get_a_typed_verification_error(strict_service):
+    outcome = ray.get(HandleCaller.remote().verification_failure.remote("strict", ImageRequest(prompt="a harbour")))
+    assert outcome == [2]  # one image slot, two attempts, no pixels

@@ -294,6 +294,8 @@ class FluxEngine:
 def _out_of_memory(stage: str, device: torch.device) -> FluxOutOfMemoryError:
     """Free what the failed step left behind and describe the GPU's state."""
     gc.collect()
+    if device.type != "cuda":  # CUDA OOM on a CPU engine only comes from an offloaded or injected fault
+        return FluxOutOfMemoryError(stage, 0, 0)
     torch.cuda.empty_cache()
     _, total = torch.cuda.mem_get_info(device)
     return FluxOutOfMemoryError(stage, torch.cuda.memory_allocated(device), total)

@@ -1,0 +1,203 @@
+"""Staying up under abuse: API keys, size limits, overload, GPU OOM, a crashed replica, timeouts,
+metrics, the client, and a schema-driven fuzz. Real Ray Serve and HTTP on the CPU profile.
+
+Faults are injected the way torch allows, with a forward pre-hook on the real tiny transformer:
+images of 1024 latent tokens (512x512) raise CUDA's out-of-memory error, 512 tokens (256x512) run
+slowly, and a batch of three kills the replica's process.
+"""
+
+import base64
+import os
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+import torch
+
+from conftest import BASE_URL, REPO, local_app_config, wait_for_http
+
+API_KEY = "test-key-6f1c"
+URL = BASE_URL + "/v1/images/generations"
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def faulty_generator_class():
+    from ray import serve
+
+    from deployments.generator import FluxGenerator
+
+    class FaultyGenerator(FluxGenerator.func_or_class):
+        def __init__(self, config) -> None:
+            super().__init__(config)
+
+            def inject(module, args, kwargs):
+                hidden = kwargs["hidden_states"]
+                if hidden.shape[0] == 3:
+                    os._exit(1)  # the replica's process dies mid-request
+                if hidden.shape[1] == 1024:
+                    raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (injected)")
+                if hidden.shape[1] == 512:
+                    time.sleep(2)  # per denoising step: 8 s for the default 4
+
+            self.engine.pipe.transformer.register_forward_pre_hook(inject, with_kwargs=True)
+
+    return serve.deployment(FaultyGenerator, name="FluxGenerator", max_ongoing_requests=1, max_queued_requests=2)
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory):
+    import ray
+    from ray import serve
+
+    from deployments.app import AppArgs
+    from deployments.ingress import Ingress
+    from deployments.verifier import ClipVerifier
+
+    keys = tmp_path_factory.mktemp("keys") / "api_keys"
+    keys.write_text(f"another-key\n{API_KEY}\n")
+    args = local_app_config()["args"]
+    args["serving"] = {"auth": {"keys_env": None, "keys_file": str(keys)}, "request_timeout_s": 4, "retry_after_s": 7}
+    args["limits"].update(sizes=["256x256", "512x512", "256x512"], max_body_bytes=4096, max_prompt_bytes=400)
+    config = AppArgs.model_validate(args)
+    metrics_port = free_port()
+    ray.init(address="local", num_cpus=4, include_dashboard=False, _metrics_export_port=metrics_port)
+    try:
+        generator = faulty_generator_class().bind(config.flux)
+        app = Ingress.bind(generator, ClipVerifier.bind(config.verifier), config.limits, config.serving)
+        serve.run(app, name="vortex", route_prefix="/")
+        yield metrics_port
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+def post(body: dict, headers: dict | None = AUTH, **kwargs) -> requests.Response:
+    return requests.post(URL, json=body, headers=headers, timeout=60, **kwargs)
+
+
+SMALL = {"prompt": "a paper boat", "size": "256x256"}
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [None, {"Authorization": "Bearer wrong"}, {"Authorization": API_KEY}, {"Authorization": f"Basic {API_KEY}"}],
+    ids=["missing", "wrong", "no-scheme", "basic"],
+)
+def test_requests_without_a_valid_key_get_401_and_learn_nothing(service, headers):
+    response = post(SMALL, headers=headers)
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"] == "Bearer"
+    assert response.json()["error"] == {
+        "message": "missing or invalid API key",
+        "type": "authentication_error",
+        "param": None,
+        "code": None,
+    }
+
+
+def test_any_configured_key_is_accepted_and_health_needs_none(service):
+    assert post(SMALL).status_code == 200
+    assert post(SMALL, headers={"Authorization": "bearer another-key"}).status_code == 200
+    assert requests.get(BASE_URL + "/healthz", timeout=10).status_code == 200
+
+
+def test_oversized_bodies_and_prompts_are_refused(service):
+    response = requests.post(URL, data=b'{"prompt": "' + b"a" * 5000 + b'"}', headers=AUTH, timeout=30)
+    assert response.status_code == 413 and response.json()["error"]["param"] == "body"
+    emoji = post({**SMALL, "prompt": "🦊" * 101})  # 101 characters, 404 bytes
+    assert emoji.status_code == 400 and "bytes" in emoji.json()["error"]["message"]
+
+
+def test_generator_out_of_memory_is_a_503_and_the_replica_keeps_serving(service):
+    response = post({**SMALL, "size": "512x512"})
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "7"
+    assert "GPU memory" in response.json()["error"]["message"]
+    assert post(SMALL).status_code == 200
+
+
+def test_a_slow_request_times_out_with_504(service):
+    start = time.monotonic()
+    response = post({**SMALL, "size": "256x512"})
+    assert response.status_code == 504 and "longer than 4" in response.json()["error"]["message"]
+    assert time.monotonic() - start < 7
+    time.sleep(5)  # let the slow generation finish before the next test
+
+
+def test_overload_answers_503_with_retry_after_quickly(service):
+    bodies = [{**SMALL, "seed": i} for i in range(12)]
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        responses = list(pool.map(lambda body: (time.monotonic(), post(body), time.monotonic()), bodies))
+    rejected = [(start, r, end) for start, r, end in responses if r.status_code == 503]
+    assert rejected and any(r.status_code == 200 for _, r, _ in responses)
+    for start, response, end in rejected:
+        assert response.headers["retry-after"] == "7" and "capacity" in response.json()["error"]["message"]
+        assert end - start < 5
+
+
+def test_metrics_reach_prometheus(service):
+    post(SMALL)
+    wanted = ["ray_vortex_request_latency_seconds", "ray_vortex_generation_latency_seconds", "ray_vortex_attempts"]
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        text = requests.get(f"http://127.0.0.1:{service}/metrics", timeout=10).text
+        if all(name in text for name in wanted):
+            break
+        time.sleep(2)
+    assert all(name in text for name in wanted), [name for name in wanted if name not in text]
+    assert 'status="503"' in text and 'status="200"' in text
+
+
+def test_client_saves_the_image_and_reports_errors(service, tmp_path):
+    out = tmp_path / "boat.png"
+    command = [sys.executable, "-m", "deployments.client", "a paper boat", "-o", str(out), "--size", "256x256"]
+    ok = subprocess.run(
+        [*command, "--seed", "4"],
+        env={**os.environ, "VORTEX_API_KEY": API_KEY},
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert out.read_bytes().startswith(b"\x89PNG") and "seed 4" in ok.stdout and "passed" in ok.stdout
+    refused = subprocess.run(command, env={**os.environ, "VORTEX_API_KEY": "nope"}, capture_output=True, text=True)
+    assert refused.returncode != 0 and "401" in refused.stderr and "missing or invalid API key" in refused.stderr
+
+
+def test_fuzzed_invalid_requests_never_get_a_5xx(service):
+    import schemathesis
+    from hypothesis import HealthCheck, given, settings
+
+    schema = schemathesis.openapi.from_url(BASE_URL + "/openapi.json")
+    operation = schema["/v1/images/generations"]["POST"]
+    strategy = operation.as_strategy(generation_mode=schemathesis.GenerationMode.NEGATIVE)
+
+    @given(case=strategy)
+    @settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    def invalid_request_is_a_client_error(case):
+        response = case.call(base_url=BASE_URL, headers=AUTH, timeout=60)
+        assert response.status_code < 500, (case.body, response.status_code, response.text[:300])
+
+    invalid_request_is_a_client_error()
+
+
+def test_a_crashed_replica_fails_its_request_clearly_and_is_replaced(service):
+    response = post({**SMALL, "n": 3})
+    assert response.status_code == 503 and "replica failed" in response.json()["error"]["message"]
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and post(SMALL).status_code != 200:
+        time.sleep(2)
+    image = post({**SMALL, "seed": 9})
+    assert image.status_code == 200
+    assert base64.b64decode(image.json()["data"][0]["b64_json"]).startswith(b"\x89PNG")
+    wait_for_http(BASE_URL + "/healthz", timeout_s=10)
