@@ -64,6 +64,7 @@ class ImageRequest(BaseModel):
     )
     num_inference_steps: int | None = Field(None, ge=1, description="Denoising steps; FLUX.1-schnell needs 1-4.")
     include_embeddings: bool = Field(False, description="Return each image's CLIP embeddings in its verification.")
+    stream: bool = Field(False, description="Answer with server-sent events: progress, then each image.")
     model: str | None = Field(None, description="Accepted for OpenAI client compatibility; one model is served.")
     user: str | None = Field(None, description="Accepted for OpenAI client compatibility; not used.")
 

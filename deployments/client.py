@@ -1,13 +1,16 @@
 """Command-line client: `python -m deployments.client "a prompt" -o out.png`.
 
-Calls the HTTP API, saves the PNGs, prints each image's verification, and exits non-zero with the
-server's message when the request fails. The API key comes from --api-key or VORTEX_API_KEY.
+Calls the HTTP API (streaming progress with --stream), saves the PNGs, prints each image's
+verification, and exits non-zero with the server's message when the request fails. The API key
+comes from --api-key or VORTEX_API_KEY.
 """
 
 import argparse
 import base64
+import json
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import requests
@@ -27,6 +30,23 @@ def describe(item: dict) -> str:
     return f"seed {item['seed']}, {verdict} (ensemble {ensemble:.2f}; {scores}; attempts {len(item['attempts'])})"
 
 
+def report_error(status: int, payload: dict, retry_after: str | None) -> int:
+    message = payload.get("error", {}).get("message", str(payload))
+    print(f"error {status}: {message}", file=sys.stderr)
+    for slot, attempts in enumerate(payload.get("attempts") or []):
+        for attempt in attempts:
+            print(f"  image {slot}, seed {attempt['seed']}: {'; '.join(attempt['reasons'])}", file=sys.stderr)
+    if retry_after:
+        print(f"  retry after {retry_after} s", file=sys.stderr)
+    return 1
+
+
+def server_sent_events(response: requests.Response) -> Iterator[dict]:
+    for line in response.iter_lines(decode_unicode=True):
+        if line and line.startswith("data: "):
+            yield json.loads(line.removeprefix("data: "))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("prompt")
@@ -38,11 +58,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int)
     parser.add_argument("--steps", type=int)
     parser.add_argument("--negative-prompt")
+    parser.add_argument("--stream", action="store_true", help="Show progress as the server reports it.")
     parser.add_argument("--timeout", type=float, default=300)
     args = parser.parse_args(argv)
 
-    body = {"prompt": args.prompt, "n": args.n, "size": args.size, "seed": args.seed,
-            "num_inference_steps": args.steps, "negative_prompt": args.negative_prompt}  # fmt: skip
+    body = {
+        "prompt": args.prompt,
+        "n": args.n,
+        "size": args.size,
+        "seed": args.seed,
+        "num_inference_steps": args.steps,
+        "negative_prompt": args.negative_prompt,
+        "stream": args.stream,
+    }
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
     try:
         response = requests.post(
@@ -50,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
             json={key: value for key, value in body.items() if value is not None},
             headers=headers,
             timeout=args.timeout,
+            stream=args.stream,
         )
     except requests.RequestException as error:
         print(f"error: cannot reach {args.url}: {error}", file=sys.stderr)
@@ -57,17 +86,21 @@ def main(argv: list[str] | None = None) -> int:
     if response.status_code != 200:
         try:
             payload = response.json()
-            message = payload["error"]["message"]
-        except (ValueError, KeyError, TypeError):
-            payload, message = {}, response.text
-        print(f"error {response.status_code}: {message}", file=sys.stderr)
-        for slot, attempts in enumerate(payload.get("attempts") or []):
-            for attempt in attempts:
-                print(f"  image {slot}, seed {attempt['seed']}: {'; '.join(attempt['reasons'])}", file=sys.stderr)
-        if retry_after := response.headers.get("retry-after"):
-            print(f"  retry after {retry_after} s", file=sys.stderr)
-        return 1
-    data = response.json()["data"]
+        except ValueError:
+            payload = {"error": {"message": response.text}}
+        return report_error(response.status_code, payload, response.headers.get("retry-after"))
+    if args.stream:
+        data = []
+        for event in server_sent_events(response):
+            if event["type"] == "vortex.progress":
+                step = f" {event['step']}/{event['steps']}" if event["stage"] == "denoising" else ""
+                print(f"attempt {event['attempt']}: {event['stage']}{step}", file=sys.stderr)
+            elif event["type"] == "image_generation.completed":
+                data.append(event)
+            elif event["type"] == "error":
+                return report_error(event["status"], event, None)
+    else:
+        data = response.json()["data"]
     for path, item in zip(output_paths(args.output, len(data)), data, strict=True):
         path.write_bytes(base64.b64decode(item["b64_json"]))
         print(f"saved {path}: {describe(item)}")

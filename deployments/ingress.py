@@ -10,16 +10,18 @@ import asyncio
 import hashlib
 import hmac
 import io
+import json
 import logging
 import os
 import secrets
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from PIL import Image
 from pydantic import ValidationError
 from ray import serve
@@ -83,11 +85,6 @@ async def _invalid_request(_: Request, exc: InvalidRequestError) -> JSONResponse
     return error_response(400, exc.field, str(exc), "invalid_request_error")
 
 
-@app.exception_handler(VerificationFailedError)
-async def _verification_failed(_: Request, exc: VerificationFailedError) -> JSONResponse:
-    return error_response(422, None, str(exc), "verification_failed", attempts=exc.attempts)
-
-
 @app.middleware("http")
 async def _guard(request: Request, call_next):
     """API key and body size, before the body is parsed."""
@@ -133,12 +130,17 @@ def rejection_kind(reason: str) -> str:
     return next((kind for prefix, kind in REJECTION_KINDS.items() if reason.startswith(prefix)), "other")
 
 
+def server_sent_event(payload: dict) -> str:
+    return f"event: {payload['type']}\ndata: {json.dumps(payload)}\n\n"
+
+
 def encode_png(pixels: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="PNG")
     return buffer.getvalue()
 
 
+# Module-level helpers above this line: serve.ingress snapshots the class when it is defined.
 @serve.deployment(ray_actor_options={"num_cpus": 0.5})
 @serve.ingress(app)
 class Ingress:
@@ -185,27 +187,57 @@ class Ingress:
         },
     )
     async def create_images(self, request: ImageRequest):
-        """Generate `n` images for `prompt`, each verified against it, as base64 PNGs."""
+        """Generate `n` images for `prompt`, each verified against it, as base64 PNGs.
+
+        With `stream: true` the answer is server-sent events: `vortex.progress` (denoising step i of N,
+        verification started) as the work goes, then one `image_generation.completed` per image, or
+        one `error` event carrying what the non-streaming answer's status and body would have been.
+        """
+        self.limits.check(request)  # refuse bad input with a plain 400 before any stream starts
+        if request.stream:
+            return StreamingResponse(self._server_sent_events(request), media_type="text/event-stream")
         start = time.perf_counter()
         status = 200
         try:
             images = await self.generate(request)
             return ImagesResponse(
-                created=int(time.time()),
-                request_id=request_id(),
-                data=[ImageData.from_image(image) for image in images],
+                created=int(time.time()), request_id=request_id(), data=[ImageData.from_image(i) for i in images]
             )
-        except ServiceUnavailableError as error:
-            status = 503
-            response = error_response(503, None, str(error), "service_unavailable")
-            response.headers["Retry-After"] = str(self.serving.retry_after_s)
+        except (ServiceUnavailableError, TimeoutError, VerificationFailedError) as error:
+            response = self._error_for(error)
+            status = response.status_code
             return response
-        except TimeoutError as error:
-            status = 504
-            return error_response(504, None, str(error), "timeout")
-        except (InvalidRequestError, VerificationFailedError) as error:
-            status = 400 if isinstance(error, InvalidRequestError) else 422
-            raise
+        finally:
+            self.metrics.request_latency.observe(time.perf_counter() - start, tags={"status": str(status)})
+
+    def _error_for(self, error: Exception) -> JSONResponse:
+        if isinstance(error, VerificationFailedError):
+            return error_response(422, None, str(error), "verification_failed", attempts=error.attempts)
+        if isinstance(error, TimeoutError):
+            return error_response(
+                504, None, f"the request took longer than {self.serving.request_timeout_s} s", "timeout"
+            )
+        response = error_response(503, None, str(error), "service_unavailable")
+        response.headers["Retry-After"] = str(self.serving.retry_after_s)
+        return response
+
+    async def _server_sent_events(self, request: ImageRequest) -> AsyncIterator[str]:
+        start = time.perf_counter()
+        status = 200
+        try:
+            async for event in self.generate_stream(request):
+                if isinstance(event, GeneratedImage):
+                    payload = {
+                        "type": "image_generation.completed",
+                        **ImageData.from_image(event).model_dump(mode="json"),
+                    }
+                    yield server_sent_event(payload)
+                else:
+                    yield server_sent_event(event)
+        except (ServiceUnavailableError, TimeoutError, VerificationFailedError) as error:
+            response = self._error_for(error)
+            status = response.status_code
+            yield server_sent_event({"type": "error", "status": status, **json.loads(response.body)})
         finally:
             self.metrics.request_latency.observe(time.perf_counter() - start, tags={"status": str(status)})
 
@@ -218,31 +250,44 @@ class Ingress:
         `VerificationFailedError` when no attempt passed, `ServiceUnavailableError` when overloaded
         or out of GPU memory, and `TimeoutError` past `serving.request_timeout_s`.
         """
+        return [event async for event in self.generate_stream(request) if isinstance(event, GeneratedImage)]
+
+    async def generate_stream(self, request: ImageRequest | dict) -> AsyncIterator[dict | GeneratedImage]:
+        """Handle API, streamed: progress dicts (`vortex.progress`) as they happen, then each `GeneratedImage`.
+
+        Call it with `handle.options(stream=True).generate_stream.remote(request)`; raises as `generate`.
+        """
         if isinstance(request, dict):
             try:
                 request = ImageRequest.model_validate(request)
             except ValidationError as exc:
                 raise InvalidRequestError.from_validation_error(exc) from None
         width, height, steps = self.limits.check(request)
-        try:
-            return await asyncio.wait_for(
-                self._generate_verified(request, width, height, steps), self.serving.request_timeout_s
-            )
-        except asyncio.TimeoutError:
-            raise TimeoutError(f"the request took longer than {self.serving.request_timeout_s} s") from None
+        async with asyncio.timeout(self.serving.request_timeout_s):
+            async for event in self._attempts(request, width, height, steps):
+                yield event
 
-    async def _generate_verified(
+    async def _attempts(
         self, request: ImageRequest, width: int, height: int, steps: int
-    ) -> list[GeneratedImage]:
+    ) -> AsyncIterator[dict | GeneratedImage]:
+        """Generate, verify, and generate again for the images that failed, up to `serving.max_attempts`."""
         n = request.n
         first_seed = secrets.randbelow(MAX_SEED + 1 - n) if request.seed is None else request.seed
         attempts: list[list[Attempt]] = [[] for _ in range(n)]
         passed: dict[int, tuple[int, np.ndarray, Verification]] = {}
         pending = list(range(n))
-        for round_number in range(self.serving.max_attempts):
-            # Slot i, attempt a uses seed first_seed + i + a * n: reproducible, never repeated in a request.
-            seeds = [(first_seed + slot + round_number * n) % (MAX_SEED + 1) for slot in pending]
-            pixels, verifications = await self._generate_once(request, seeds, width, height, steps)
+        for attempt in range(1, self.serving.max_attempts + 1):
+            # Slot i, attempt a uses seed first_seed + i + (a - 1) * n: reproducible, never repeated in a request.
+            seeds = [(first_seed + slot + (attempt - 1) * n) % (MAX_SEED + 1) for slot in pending]
+            progress = {"type": "vortex.progress", "attempt": attempt, "images": pending}
+            pixels = None
+            async for event in self._generation(request, seeds, width, height, steps):
+                if isinstance(event, dict):
+                    yield {**progress, "stage": "denoising", **event}
+                else:
+                    pixels = event
+            yield {**progress, "stage": "verifying"}
+            verifications = await self.verifier.verify.remote(pixels, request.prompt, request.include_embeddings)
             still_failing = []
             for slot, seed, image, verification in zip(pending, seeds, pixels, verifications, strict=True):
                 attempts[slot].append(Attempt.of(seed, verification))
@@ -261,20 +306,21 @@ class Ingress:
         if pending:
             raise VerificationFailedError(attempts)
         pngs = await asyncio.to_thread(lambda: [encode_png(passed[slot][1]) for slot in range(n)])
-        return [
-            GeneratedImage(png=png, seed=passed[slot][0], verification=passed[slot][2], attempts=attempts[slot])
-            for slot, png in enumerate(pngs)
-        ]
+        for slot, png in enumerate(pngs):
+            seed, _, verification = passed[slot]
+            yield GeneratedImage(png=png, seed=seed, verification=verification, attempts=attempts[slot])
 
-    async def _generate_once(self, request: ImageRequest, seeds: list[int], width: int, height: int, steps: int):
-        """One generator call and its verification; overload, OOM and lost replicas become 503s."""
+    async def _generation(
+        self, request: ImageRequest, seeds: list[int], width: int, height: int, steps: int
+    ) -> AsyncIterator[dict | np.ndarray]:
+        """The generator's step events, then its pixels; overload, OOM and lost replicas become 503s."""
         try:
-            pixels = await self.generator.generate.remote(
+            stream = self.generator.options(stream=True).generate_stream.remote(
                 request.prompt, seeds=seeds, width=width, height=height, steps=steps,
                 negative_prompt=request.negative_prompt,
             )  # fmt: skip
-            verifications = await self.verifier.verify.remote(pixels, request.prompt, request.include_embeddings)
-            return pixels, verifications
+            async for event in stream:
+                yield event
         except BackPressureError:
             raise ServiceUnavailableError("the service is at capacity; retry later") from None
         except FluxOutOfMemoryError as error:

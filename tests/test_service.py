@@ -136,6 +136,22 @@ class HandleCaller:
 
         return serve.get_app_handle(app_name).generate.remote(request).result(timeout_s=120)
 
+    def stream(self, request: ImageRequest) -> list[str]:
+        from ray import serve
+
+        from deployments.api import GeneratedImage
+
+        handle = serve.get_app_handle("vortex").options(stream=True)
+        events = []
+        for event in handle.generate_stream.remote(request):
+            if isinstance(event, GeneratedImage):
+                events.append(f"image seed {event.seed}")
+            elif event["stage"] == "denoising":
+                events.append(f"denoising {event['step']}/{event['steps']}")
+            else:
+                events.append(event["stage"])
+        return events
+
     def verification_failure(self, app_name: str, request: ImageRequest) -> list[int]:
         from deployments.api import VerificationFailedError
 
@@ -232,3 +248,36 @@ def test_flagged_images_are_never_sent_and_the_422_says_why(strict_service):
 def test_handle_callers_get_a_typed_verification_error(strict_service):
     outcome = ray.get(HandleCaller.remote().verification_failure.remote("strict", ImageRequest(prompt="a harbour")))
     assert outcome == [2]  # one image slot, two attempts, no pixels
+
+
+def server_sent_events(response: requests.Response) -> list[dict]:
+    import json
+
+    return [json.loads(line[6:]) for line in response.text.splitlines() if line.startswith("data: ")]
+
+
+def test_streaming_reports_progress_in_order_then_the_images(local_service):
+    body = {"prompt": "a windmill", "size": "256x256", "seed": 3, "n": 2, "num_inference_steps": 3}
+    response = requests.post(local_service + GENERATIONS, json={**body, "stream": True}, timeout=60)
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
+    events = server_sent_events(response)
+    stages = [(e["stage"], e.get("step")) for e in events if e["type"] == "vortex.progress"]
+    assert stages == [("denoising", 1), ("denoising", 2), ("denoising", 3), ("verifying", None)]
+    completed = [e for e in events if e["type"] == "image_generation.completed"]
+    assert [e["seed"] for e in completed] == [3, 4] and events[-1]["type"] == "image_generation.completed"
+    plain = post(local_service, body).json()["data"]
+    assert [e["b64_json"] for e in completed] == [item["b64_json"] for item in plain]
+
+
+def test_a_stream_that_fails_ends_with_an_error_event(strict_service):
+    response = requests.post(strict_service + GENERATIONS, json={"prompt": "a kite", "stream": True}, timeout=60)
+    events = server_sent_events(response)
+    assert events[-1]["type"] == "error" and events[-1]["status"] == 422
+    assert events[-1]["error"]["type"] == "verification_failed" and len(events[-1]["attempts"][0]) == 2
+    assert [e["attempt"] for e in events if e.get("stage") == "verifying"] == [1, 2]
+
+
+def test_handle_callers_can_stream_the_same_events(local_service):
+    events = ray.get(HandleCaller.remote().stream.remote(ImageRequest(prompt="a windmill", size="256x256", seed=3)))
+    assert events[:4] == ["denoising 1/4", "denoising 2/4", "denoising 3/4", "denoising 4/4"]
+    assert events[4:] == ["verifying", "image seed 3"]

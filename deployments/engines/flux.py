@@ -8,7 +8,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -253,12 +253,13 @@ class FluxEngine:
         guidance: float = 0.0,
         negative_prompt: str | None = None,
         out: torch.Tensor | None = None,
+        on_step: Callable[[int, int], None] | None = None,
     ) -> torch.Tensor:
         """One image per seed, as floats in [0, 1] shaped [len(seeds), 3, height, width].
 
         `negative_prompt` runs true classifier-free guidance (two transformer passes per step).
         With `out` ([N, 3, H, W], or [3, H, W] for one seed) the images are written into it and it
-        is returned.
+        is returned. `on_step(step, steps)` is called after each denoising step (1-based).
         """
         self._check(prompt, seeds, width, height, steps, guidance)
         expected = (len(seeds), 3, height, width)
@@ -266,6 +267,7 @@ class FluxEngine:
             raise ValueError(f"out: expected shape {list(expected)}, got {list(out.shape)}")
         self._warn_if_truncated(prompt)
         true_cfg = {"negative_prompt": negative_prompt, "true_cfg_scale": self.config.true_cfg_scale}
+        progress = {"callback_on_step_end": _step_callback(on_step, steps)} if on_step else {}
         generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
         images = None
         with self._lock:
@@ -281,6 +283,7 @@ class FluxEngine:
                     max_sequence_length=self.config.max_sequence_length,
                     output_type="pt",
                     **(true_cfg if negative_prompt else {}),
+                    **progress,
                 ).images
             except torch.cuda.OutOfMemoryError:
                 pass  # leave the handler first: its traceback pins the tensors we need to free
@@ -289,6 +292,16 @@ class FluxEngine:
         if out is None:
             return images
         return out.copy_(images.reshape(out.shape))
+
+
+def _step_callback(on_step: Callable[[int, int], None], steps: int):
+    """diffusers' callback_on_step_end, reporting 1-based steps."""
+
+    def callback(pipe, step_index: int, timestep, callback_kwargs: dict) -> dict:
+        on_step(step_index + 1, steps)
+        return callback_kwargs
+
+    return callback
 
 
 def _out_of_memory(stage: str, device: torch.device) -> FluxOutOfMemoryError:
