@@ -146,3 +146,11 @@ def test_offline_hub_id_not_in_cache_fails_with_a_clear_message(tmp_path):
 def test_random_weights_cannot_take_the_loading_only_options():
     with pytest.raises(ValueError, match="random_weights builds the model in memory"):
         FluxConfig(random_weights="full", precision="nf4")
+
+
+def test_fused_qkv_projections_draw_the_same_image(flux):
+    fused = FluxEngine.load(FluxConfig(**TINY, fuse_qkv=True))
+    reference = flux.generate("a red fox", seeds=[5], width=64, height=64)
+    torch.testing.assert_close(
+        fused.generate("a red fox", seeds=[5], width=64, height=64), reference, atol=1e-3, rtol=0
+    )
