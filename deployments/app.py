@@ -9,7 +9,7 @@ from ray.serve import Application
 from deployments.api import ImageLimits, ServingConfig
 from deployments.engines.clip import VerifierConfig
 from deployments.engines.flux import FluxConfig
-from deployments.generator import FluxGenerator
+from deployments.generator import BatchingConfig, FluxGenerator
 from deployments.ingress import Ingress
 from deployments.verifier import ClipVerifier
 
@@ -23,6 +23,7 @@ class AppArgs(BaseModel):
     verifier: VerifierConfig
     limits: ImageLimits = Field(default_factory=ImageLimits)
     serving: ServingConfig = Field(default_factory=ServingConfig)
+    batching: BatchingConfig = Field(default_factory=BatchingConfig)
 
     @model_validator(mode="after")
     def _sizes_fit_the_generator(self) -> "AppArgs":
@@ -47,6 +48,6 @@ class AppArgs(BaseModel):
 
 
 def build_app(args: AppArgs) -> Application:
-    generator = FluxGenerator.bind(args.flux)
+    generator = FluxGenerator.bind(args.flux, args.batching)
     verifier = ClipVerifier.bind(args.verifier)
     return Ingress.bind(generator, verifier, args.limits, args.serving)

@@ -46,6 +46,7 @@ from deployments.api import (
 )
 from deployments.engines.clip import Verification
 from deployments.engines.flux import FluxOutOfMemoryError
+from deployments.generator import GenerationJob
 from deployments.observability import request_id, service_metrics
 
 logger = logging.getLogger("ray.serve")
@@ -282,10 +283,10 @@ class Ingress:
             progress = {"type": "vortex.progress", "attempt": attempt, "images": pending}
             pixels = None
             async for event in self._generation(request, seeds, width, height, steps):
-                if isinstance(event, dict):
-                    yield {**progress, "stage": "denoising", **event}
-                else:
+                if isinstance(event, np.ndarray):
                     pixels = event
+                else:  # {"stage": "queued"} behind another batch group, or {"step": i, "steps": n}
+                    yield {**progress, "stage": "denoising", **event}
             yield {**progress, "stage": "verifying"}
             verifications = await self.verifier.verify.remote(pixels, request.prompt, request.include_embeddings)
             still_failing = []
@@ -315,11 +316,8 @@ class Ingress:
     ) -> AsyncIterator[dict | np.ndarray]:
         """The generator's step events, then its pixels; overload, OOM and lost replicas become 503s."""
         try:
-            stream = self.generator.options(stream=True).generate_stream.remote(
-                request.prompt, seeds=seeds, width=width, height=height, steps=steps,
-                negative_prompt=request.negative_prompt,
-            )  # fmt: skip
-            async for event in stream:
+            job = GenerationJob(request.prompt, seeds, width, height, steps, request.negative_prompt)
+            async for event in self.generator.options(stream=True).generate_stream.remote(job):
                 yield event
         except BackPressureError:
             raise ServiceUnavailableError("the service is at capacity; retry later") from None

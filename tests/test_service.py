@@ -218,6 +218,26 @@ def test_concurrent_verifications_share_a_batch(local_service):
     assert max(new_batches) > 1
 
 
+def test_concurrent_requests_share_a_generator_forward_pass(local_service):
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+    from ray import serve
+
+    generator = serve.get_deployment_handle("FluxGenerator", app_name="vortex")
+    before = generator.batch_histogram.remote().result()
+    bodies = [{"prompt": f"boat number {i}", "size": "256x256", "seed": i} for i in range(4)]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        batched = list(pool.map(lambda body: post(local_service, body), bodies))
+    after = generator.batch_histogram.remote().result()
+    assert max(size for size in after if after[size] > before.get(size, 0)) > 1
+    for body, response in zip(bodies, batched, strict=True):
+        alone = post(local_service, body).json()["data"][0]["b64_json"]
+        together = response.json()["data"][0]["b64_json"]
+        a, b = (np.asarray(decode_png(image), dtype=float) for image in (alone, together))
+        assert np.abs(a - b).mean() < 1.0  # the same image; a batch may change the last bits
+
+
 @pytest.fixture(scope="module")
 def strict_service(local_service):
     """A second app whose content policy flags everything, allowing two attempts per image."""

@@ -236,11 +236,15 @@ class FluxEngine:
             logger.info("Compiled Flux (%s) in %.1f s", config.compile, time.perf_counter() - start)
         return engine
 
-    def _check(self, prompt: str, seeds: Sequence[int], width: int, height: int, steps: int, guidance: float) -> None:
-        if not prompt.strip():
+    def _check(
+        self, prompts: list[str], seeds: Sequence[int], width: int, height: int, steps: int, guidance: float
+    ) -> None:
+        if any(not prompt.strip() for prompt in prompts):
             raise ValueError("prompt: must not be empty or whitespace")
         if not seeds:
             raise ValueError("seeds: at least one seed is needed")
+        if len(prompts) != len(seeds):
+            raise ValueError(f"prompt: {len(prompts)} prompts for {len(seeds)} seeds")
         if any(not 0 <= seed <= MAX_SEED for seed in seeds):
             raise ValueError(f"seeds: each must be within 0..{MAX_SEED}")
         low, high = self.config.min_side, self.config.max_side
@@ -265,7 +269,7 @@ class FluxEngine:
     @torch.inference_mode()
     def generate(
         self,
-        prompt: str,
+        prompt: str | Sequence[str],
         *,
         seeds: Sequence[int],
         width: int = 512,
@@ -278,24 +282,28 @@ class FluxEngine:
     ) -> torch.Tensor:
         """One image per seed, as floats in [0, 1] shaped [len(seeds), 3, height, width].
 
+        `prompt` is one prompt for every image, or one per seed (requests batched together).
         `negative_prompt` runs true classifier-free guidance (two transformer passes per step).
         With `out` ([N, 3, H, W], or [3, H, W] for one seed) the images are written into it and it
         is returned. `on_step(step, steps)` is called after each denoising step (1-based).
         """
-        self._check(prompt, seeds, width, height, steps, guidance)
+        prompts = [prompt] * max(1, len(seeds)) if isinstance(prompt, str) else list(prompt)
+        self._check(prompts, seeds, width, height, steps, guidance)
+        for text in dict.fromkeys(prompts):
+            self._warn_if_truncated(text)
         expected = (len(seeds), 3, height, width)
         if out is not None and tuple(out.shape) not in (expected, expected[1:] if len(seeds) == 1 else None):
             raise ValueError(f"out: expected shape {list(expected)}, got {list(out.shape)}")
-        self._warn_if_truncated(prompt)
-        true_cfg = {"negative_prompt": negative_prompt, "true_cfg_scale": self.config.true_cfg_scale}
+        negatives = [negative_prompt] * len(seeds)
+        true_cfg = {"negative_prompt": negatives, "true_cfg_scale": self.config.true_cfg_scale}
         progress = {"callback_on_step_end": _step_callback(on_step, steps)} if on_step else {}
         generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
         images = None
         with self._lock:
             try:
                 images = self.pipe(
-                    prompt,
-                    num_images_per_prompt=len(seeds),
+                    prompts,
+                    num_images_per_prompt=1,
                     generator=generators,
                     width=width,
                     height=height,
