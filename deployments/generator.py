@@ -10,7 +10,7 @@ import itertools
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -41,10 +41,11 @@ class GenerationJob:
     height: int
     steps: int
     negative_prompt: str | None = None
-    key: tuple = field(init=False)
 
-    def __post_init__(self) -> None:
-        self.key = (self.width, self.height, self.steps, self.negative_prompt)  # what one forward pass shares
+    @property
+    def key(self) -> tuple:
+        """What jobs sharing one forward pass must have in common."""
+        return (self.width, self.height, self.steps, self.negative_prompt)
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 1}, max_ongoing_requests=8)

@@ -96,9 +96,9 @@ async def _guard(request: Request, call_next):
         return response
     if request.method == "POST":
         limit = ingress.limits.max_body_bytes
-        declared = request.headers.get("content-length")
-        body = await request.body()  # Starlette caches it for the route
-        if (declared and declared.isdigit() and int(declared) > limit) or len(body) > limit:
+        declared = request.headers.get("content-length", "")
+        # A declared size is refused unread; an undeclared (chunked) body is measured once read.
+        if (declared.isdigit() and int(declared) > limit) or len(await request.body()) > limit:
             return error_response(413, "body", f"request body must be at most {limit} bytes", "invalid_request_error")
     return await call_next(request)
 

@@ -125,11 +125,6 @@ class Verification:
     reasons: list[str]
     embeddings: dict[str, list[float]] | None = None  # unit-norm image embedding per model, on request
 
-    @property
-    def withheld(self) -> bool:
-        """Flagged images are never handed to callers."""
-        return bool(self.flagged_concepts)
-
 
 @dataclass
 class ReferenceTexts:
