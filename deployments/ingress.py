@@ -156,13 +156,12 @@ class Ingress:
         self.verifier = verifier
         self.limits = limits
         self.serving = serving or ServingConfig()
-        self.auth_disabled = self.serving.auth.disabled
         self.api_keys = load_api_keys(self.serving.auth)
         self.metrics = service_metrics()
         app.state.ingress = self
 
     def authorized(self, header: str | None) -> bool:
-        if self.auth_disabled:
+        if self.serving.auth.disabled:
             return True
         scheme, _, token = (header or "").partition(" ")
         digest = hashlib.sha256(token.strip().encode()).digest()
@@ -194,8 +193,8 @@ class Ingress:
         verification started) as the work goes, then one `image_generation.completed` per image, or
         one `error` event carrying what the non-streaming answer's status and body would have been.
         """
-        self.limits.check(request)  # refuse bad input with a plain 400 before any stream starts
         if request.stream:
+            self.limits.check(request)  # refuse bad input with a plain 400 before the stream starts
             return StreamingResponse(self._server_sent_events(request), media_type="text/event-stream")
         start = time.perf_counter()
         status = 200

@@ -54,17 +54,16 @@ class ClipVerifier:
         Keys: `min_ensemble_score`, `distractors`, `policy` (as under `verifier:`), and `calibration`:
         {model name: calibration block}, e.g. what `python -m deployments.calibrate` measured.
         """
+        decision_keys = {"min_ensemble_score", "distractors", "policy"}
+        if unknown := set(user_config) - decision_keys - {"calibration"}:
+            raise ValueError(f"user_config: unknown keys {', '.join(sorted(unknown))}")
         settings = self.base_config.model_dump()
-        settings.update(
-            {key: user_config[key] for key in ("min_ensemble_score", "distractors", "policy") if key in user_config}
-        )
+        settings.update({key: value for key, value in user_config.items() if key in decision_keys})
         calibrations = user_config.get("calibration", {})
         if unknown := set(calibrations) - {model["name"] for model in settings["models"]}:
             raise ValueError(f"calibration: no such verifier model: {', '.join(sorted(unknown))}")
         for model in settings["models"]:
             model["calibration"] = calibrations.get(model["name"], model["calibration"])
-        if unknown := set(user_config) - {"min_ensemble_score", "distractors", "policy", "calibration"}:
-            raise ValueError(f"user_config: unknown keys {', '.join(sorted(unknown))}")
         self.engine.reconfigure(VerifierConfig.model_validate(settings))
 
     def record_autoscaling_stats(self) -> dict[str, float]:

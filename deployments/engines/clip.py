@@ -28,12 +28,10 @@ import torch
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from deployments.engines.common import ModelFilesMissingError, resolve_device
+from deployments.engines.common import TORCH_DTYPES, ModelFilesMissingError, resolve_device
 from deployments.engines.random_models import register_tiny_clip_configs
 
 logger = logging.getLogger(__name__)
-
-IMAGE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 class Calibration(BaseModel):
@@ -252,7 +250,7 @@ class ClipEngine:
         self.config = config
         self.models = models
         self.device = device
-        self.dtype = IMAGE_DTYPES[config.precision]  # open_clip keeps LayerNorm and logit_scale in fp32
+        self.dtype = TORCH_DTYPES[config.precision]  # open_clip keeps LayerNorm and logit_scale in fp32
 
     @classmethod
     def load(cls, config: VerifierConfig) -> "ClipEngine":

@@ -1,6 +1,8 @@
-"""What both engines need: device choice and the error for model files that are not there."""
+"""What both engines need: precision names, device choice, and the error for model files that are not there."""
 
 import torch
+
+TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 class ModelFilesMissingError(FileNotFoundError):

@@ -17,12 +17,12 @@ import torch
 from diffusers import FluxPipeline, FluxTransformer2DModel
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from deployments.engines.common import ModelFilesMissingError, resolve_device
+from deployments.engines.common import TORCH_DTYPES, ModelFilesMissingError, resolve_device
 from deployments.engines.random_models import full_size_flux_pipeline, tiny_flux_pipeline
 
 logger = logging.getLogger(__name__)
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "nf4": torch.bfloat16}
+DTYPES = {**TORCH_DTYPES, "nf4": torch.bfloat16}  # NF4 computes in bf16
 MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed's range
 GIB = 2**30
 
