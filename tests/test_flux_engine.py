@@ -154,3 +154,41 @@ def test_fused_qkv_projections_draw_the_same_image(flux):
     torch.testing.assert_close(
         fused.generate("a red fox", seeds=[5], width=64, height=64), reference, atol=1e-3, rtol=0
     )
+    assert not hasattr(fused.pipe.transformer.transformer_blocks[0].attn, "to_q")  # the unfused copy is freed
+
+
+def test_fp8_engine_keeps_block_matmuls_in_float8_and_draws_nearly_the_same_image():
+    bf16 = FluxEngine.load(FluxConfig(**{**TINY, "precision": "bf16"}))
+    fp8 = FluxEngine.load(FluxConfig(**{**TINY, "precision": "fp8"}, fuse_qkv=True))
+    dtypes = {m.weight.dtype for m in fp8.pipe.transformer.transformer_blocks.modules() if hasattr(m, "weight_scale")}
+    assert dtypes == {torch.float8_e4m3fn}
+    reference = bf16.generate("a red fox", seeds=[5], width=64, height=64)
+    image = fp8.generate("a red fox", seeds=[5], width=64, height=64)
+    assert (image - reference).abs().mean() < 0.01 < (reference - reference.mean()).abs().mean()
+
+
+def test_repeated_prompts_skip_the_text_encoders_and_draw_the_same_image(flux):
+    t5_calls = []
+    hook = flux.pipe.text_encoder_2.register_forward_hook(lambda *_: t5_calls.append(1))
+    try:
+        first = flux.generate("a lighthouse, cached", seeds=[2], width=64, height=64)
+        again = flux.generate(["a lighthouse, cached", "a new prompt"], seeds=[2, 3], width=64, height=64)
+    finally:
+        hook.remove()
+    assert len(t5_calls) == 2  # the second call encoded only the new prompt
+    uncached = FluxEngine.load(FluxConfig(**TINY, prompt_cache_size=0))
+    assert torch.equal(first, uncached.generate("a lighthouse, cached", seeds=[2], width=64, height=64))
+    torch.testing.assert_close(again[:1], first, atol=1e-5, rtol=0)  # batch of two: last bits may move
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"model": "x", "precision": "nf4", "fuse_qkv": True}, "fuse_qkv: NF4 weights are packed"),
+        ({"model": "x", "t5_offload": True, "cpu_offload": True}, "t5_offload streams a bf16 T5"),
+        ({"model": "x", "cuda_graphs": 4, "cpu_offload": True}, "cuda_graphs: a graph replays fixed weight"),
+    ],
+)
+def test_speed_options_that_cannot_work_together_are_refused(options, message):
+    with pytest.raises(ValueError, match=message):
+        FluxConfig(**options)

@@ -8,6 +8,7 @@ import json
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal
@@ -15,14 +16,17 @@ from typing import Literal
 import numpy as np
 import torch
 from diffusers import FluxPipeline, FluxTransformer2DModel
+from diffusers.hooks import apply_group_offloading
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from deployments.engines.common import TORCH_DTYPES, ModelFilesMissingError, resolve_device
+from deployments.engines.cuda_graphs import CudaGraphRunner
+from deployments.engines.fp8 import float8_transformer_blocks
 from deployments.engines.random_models import full_size_flux_pipeline, tiny_flux_pipeline
 
 logger = logging.getLogger(__name__)
 
-DTYPES = {**TORCH_DTYPES, "nf4": torch.bfloat16}  # NF4 computes in bf16
+DTYPES = {**TORCH_DTYPES, "nf4": torch.bfloat16, "fp8": torch.bfloat16}  # the dtype they compute in
 MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed's range
 GIB = 2**30
 
@@ -40,13 +44,26 @@ class FluxConfig(BaseModel):
     )
     cache_dir: str | None = Field(None, description="Hugging Face cache folder for hub downloads.")
     offline: bool = Field(False, description="Never touch the network; load only files already on disk.")
-    precision: Literal["bf16", "fp16", "fp32", "nf4"] = Field(
-        "bf16", description="nf4: bitsandbytes 4-bit NF4 transformer with bf16 compute (CUDA only)."
+    precision: Literal["bf16", "fp16", "fp32", "nf4", "fp8"] = Field(
+        "bf16",
+        description="nf4: bitsandbytes 4-bit NF4 transformer with bf16 compute (CUDA only). fp8: the transformer "
+        "blocks' matmuls in float8 with per-row scales (CUDA compute capability 8.9+: Ada, Hopper and newer).",
     )
     t5_nf4: bool = Field(False, description="With nf4, also quantize T5 (transformers keeps its `wo` layers bf16).")
     nf4_double_quant: bool = Field(False, description="With nf4, also quantize the quantization constants.")
     cpu_offload: bool = Field(
         False, description="diffusers model CPU offload: each component is on the GPU only while it runs."
+    )
+    t5_offload: bool = Field(
+        False,
+        description="Keep T5 (bf16) in pinned CPU memory and stream its layers to the GPU while it encodes "
+        "(diffusers group offload on a side stream); everything else stays on the GPU. With nf4 for 12 GB cards.",
+    )
+    prompt_cache_size: int = Field(
+        64,
+        ge=0,
+        description="Prompt embeddings kept on the device (about 2 MB each): repeated prompts and "
+        "retries skip the text encoders. 0 turns the cache off.",
     )
     device: str = Field("auto", description="'auto' picks CUDA when present, else CPU.")
     max_sequence_length: int = Field(256, ge=1, le=256, description="T5 tokens; FLUX.1-schnell allows 256.")
@@ -59,16 +76,28 @@ class FluxConfig(BaseModel):
         "H100, then fewer kernel launches per step); the replica warms it up before serving.",
     )
     fuse_qkv: bool = Field(False, description="Fuse the attention Q/K/V projections into one GEMM each.")
+    cuda_graphs: int = Field(
+        0,
+        ge=0,
+        description="Replay the text encoders, each denoising step and the VAE decode as CUDA graphs, captured "
+        "for up to this many input shapes (batch size x image size) each; 0 turns them off.",
+    )
     min_side: int = Field(256, ge=16, multiple_of=16, description="Smallest width or height accepted.")
     max_side: int = Field(1536, ge=16, multiple_of=16, description="Largest width or height accepted.")
 
     @model_validator(mode="after")
-    def _random_weights_are_built_not_loaded(self) -> "FluxConfig":
-        if self.random_weights and (self.precision == "nf4" or self.t5_nf4 or self.cpu_offload):
+    def _options_fit_together(self) -> "FluxConfig":
+        if self.random_weights and (self.precision == "nf4" or self.t5_nf4 or self.cpu_offload or self.t5_offload):
             raise ValueError(
-                "random_weights builds the model in memory; nf4, t5_nf4 and cpu_offload need the loading path. "
-                "Save it first (python -m deployments.engines.random_models PATH) and set `model: PATH`."
+                "random_weights builds the model in memory; nf4, t5_nf4, cpu_offload and t5_offload need the "
+                "loading path. Save it first (python -m deployments.engines.random_models PATH) and set `model: PATH`."
             )
+        if self.t5_offload and (self.cpu_offload or self.t5_nf4):
+            raise ValueError("t5_offload streams a bf16 T5; it does not combine with cpu_offload or t5_nf4")
+        if self.fuse_qkv and self.precision == "nf4":
+            raise ValueError("fuse_qkv: NF4 weights are packed per layer and cannot be concatenated")
+        if self.cuda_graphs and self.cpu_offload:
+            raise ValueError("cuda_graphs: a graph replays fixed weight addresses; cpu_offload moves the weights")
         return self
 
 
@@ -143,11 +172,19 @@ def local_model_folder(config: FluxConfig) -> Path | None:
 def load_flux_pipeline(config: FluxConfig, device: torch.device) -> FluxPipeline:
     """Build or load the pipeline described by `config`, placed on `device` (or offloaded to it)."""
     dtype = DTYPES[config.precision]
-    if config.random_weights == "tiny":
-        pipe = tiny_flux_pipeline()  # built in fp32
-        return pipe.to(device) if dtype == torch.float32 else pipe.to(device, dtype)
-    if config.random_weights == "full":
-        return full_size_flux_pipeline(device=device, dtype=dtype)
+    if config.precision == "fp8" and device.type == "cuda" and torch.cuda.get_device_capability(device) < (8, 9):
+        raise ValueError(
+            f"precision: fp8 needs compute capability 8.9 or newer; {torch.cuda.get_device_name(device)} "
+            "has not. Use bf16, or nf4 for small cards."
+        )
+    if config.random_weights:
+        if config.random_weights == "tiny":
+            pipe = tiny_flux_pipeline().to(device, dtype)  # built in fp32
+        else:
+            pipe = full_size_flux_pipeline(device=device, dtype=dtype)
+        if config.precision == "fp8":
+            _float8(pipe.transformer, config, device)
+        return pipe
 
     folder = local_model_folder(config)
     source = str(folder or config.model)
@@ -177,19 +214,56 @@ def load_flux_pipeline(config: FluxConfig, device: torch.device) -> FluxPipeline
             )
     pipe = FluxPipeline.from_pretrained(source, **components, dtype=dtype, **common)
     pipe.set_progress_bar_config(disable=True)
+    if config.precision == "fp8":  # quantized layer by layer onto the device: bf16 never fills it
+        _float8(pipe.transformer, config, device)
     if config.cpu_offload:
         pipe.enable_model_cpu_offload(device=device)
+    elif config.t5_offload:
+        for name, component in pipe.components.items():
+            if isinstance(component, torch.nn.Module) and name != "text_encoder_2":
+                component.to(device)
+        # record_stream: each onloaded layer's memory is reused once the side stream is done, without a sync
+        apply_group_offloading(
+            pipe.text_encoder_2, onload_device=device, offload_type="leaf_level", use_stream=True, record_stream=True
+        )
     else:
         pipe.to(device)
     return pipe
 
 
+def _float8(transformer: FluxTransformer2DModel, config: FluxConfig, device: torch.device) -> None:
+    if config.fuse_qkv:  # before: fp8 layers cannot be concatenated
+        fuse_qkv_projections(transformer)
+    float8_transformer_blocks(transformer, device)
+
+
+def fuse_qkv_projections(transformer: FluxTransformer2DModel) -> None:
+    """One GEMM for Q, K and V (and for the text stream's Q, K, V) in every attention layer.
+
+    diffusers keeps the unfused layers beside the fused ones (4 GiB in bf16); they are dropped here,
+    so the transformer cannot be unfused afterwards.
+    """
+    transformer.fuse_qkv_projections()
+    for module in transformer.modules():
+        if getattr(module, "fused_projections", False):
+            for name in ("to_q", "to_k", "to_v", "add_q_proj", "add_k_proj", "add_v_proj"):
+                if getattr(module, name, None) is not None:
+                    delattr(module, name)
+
+
 def optimize_pipeline(pipe: FluxPipeline, config: FluxConfig) -> None:
-    """Apply the speed options of `config` to a loaded pipeline, in place."""
+    """Apply the speed options of `config` to a loaded pipeline, in place, in the order they compose."""
     if config.fuse_qkv:
-        pipe.transformer.fuse_qkv_projections()
+        fuse_qkv_projections(pipe.transformer)
+    pipe.vae.to(memory_format=torch.channels_last)  # cuDNN's (and oneDNN's) convolutions run NHWC natively
     if config.compile == "regional":
         pipe.transformer.compile_repeated_blocks(fullgraph=True)
+    if config.cuda_graphs:
+        pipe.transformer.forward = CudaGraphRunner(pipe.transformer.forward, config.cuda_graphs)
+        pipe.text_encoder.forward = CudaGraphRunner(pipe.text_encoder.forward, config.cuda_graphs)
+        if not config.t5_offload:  # streamed weights cannot be replayed from fixed addresses
+            pipe.text_encoder_2.forward = CudaGraphRunner(pipe.text_encoder_2.forward, config.cuda_graphs)
+        pipe.vae.decode = CudaGraphRunner(pipe.vae.decode, config.cuda_graphs)
 
 
 def to_uint8_pixels(images: torch.Tensor) -> np.ndarray:
@@ -205,9 +279,12 @@ class FluxEngine:
         self.config = config
         self.device = device
         self._lock = threading.Lock()  # the pipeline's scheduler keeps per-call state: one call at a time
+        self._prompt_cache: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
 
     @classmethod
-    def load(cls, config: FluxConfig) -> "FluxEngine":
+    def load(cls, config: FluxConfig, warmup_batch_sizes: Sequence[int] = (1,)) -> "FluxEngine":
+        """Load the model; with `compile` or `cuda_graphs`, also compile and capture for these batch
+        sizes at 512x512 (or the nearest allowed side) before the engine serves."""
         device = resolve_device(config.device)
         start = time.perf_counter()
         try:
@@ -229,12 +306,48 @@ class FluxEngine:
             vram,
         )
         engine = cls(pipe, config, device)
-        if config.compile != "none":
+        if config.compile != "none" or config.cuda_graphs:
             start = time.perf_counter()
-            side = min(max(512, config.min_side), config.max_side)
-            engine.generate("warm-up", seeds=[0], width=side, height=side, steps=4)  # compile now, not on a request
-            logger.info("Compiled Flux (%s) in %.1f s", config.compile, time.perf_counter() - start)
+            engine.warm_up(warmup_batch_sizes)
+            logger.info(
+                "Warmed up Flux (compile %s, CUDA graphs for up to %d shapes) for batch sizes %s in %.1f s",
+                config.compile,
+                config.cuda_graphs,
+                list(warmup_batch_sizes),
+                time.perf_counter() - start,
+            )
         return engine
+
+    def warm_up(self, batch_sizes: Sequence[int]) -> None:
+        """Compile and capture now, not on a user's request: one generation per batch size."""
+        side = min(max(512, self.config.min_side), self.config.max_side)
+        for size in batch_sizes:
+            prompts = [f"warm-up image {i} of {size}" for i in range(size)]
+            self.generate(prompts, seeds=list(range(size)), width=side, height=side, steps=4)
+        self._prompt_cache.clear()
+
+    def _prompt_embeddings(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """T5 and pooled CLIP embeddings per prompt, encoding only prompts not in the cache (in one batch)."""
+        cache = self._prompt_cache
+        missing = [prompt for prompt in dict.fromkeys(prompts) if prompt not in cache]
+        encoded = {}
+        if missing:
+            embeds, pooled, _ = self.pipe.encode_prompt(
+                missing,
+                prompt_2=None,
+                device=self.device,
+                max_sequence_length=self.config.max_sequence_length,
+            )
+            # Copies, so that a cached row does not keep its whole batch alive.
+            encoded = {prompt: (embeds[i].clone(), pooled[i].clone()) for i, prompt in enumerate(missing)}
+        rows = [encoded[prompt] if prompt in encoded else cache[prompt] for prompt in prompts]
+        for prompt in dict.fromkeys(prompts):
+            if self.config.prompt_cache_size:
+                cache[prompt] = encoded.get(prompt) or cache[prompt]
+                cache.move_to_end(prompt)
+        while len(cache) > self.config.prompt_cache_size:
+            cache.popitem(last=False)
+        return torch.stack([row[0] for row in rows]), torch.stack([row[1] for row in rows])
 
     def _check(
         self, prompts: list[str], seeds: Sequence[int], width: int, height: int, steps: int, guidance: float
@@ -294,15 +407,23 @@ class FluxEngine:
         expected = (len(seeds), 3, height, width)
         if out is not None and tuple(out.shape) not in (expected, expected[1:] if len(seeds) == 1 else None):
             raise ValueError(f"out: expected shape {list(expected)}, got {list(out.shape)}")
-        negatives = [negative_prompt] * len(seeds)
-        true_cfg = {"negative_prompt": negatives, "true_cfg_scale": self.config.true_cfg_scale}
         progress = {"callback_on_step_end": _step_callback(on_step, steps)} if on_step else {}
         generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
         images = None
         with self._lock:
             try:
+                embeds, pooled = self._prompt_embeddings(prompts)
+                true_cfg = {}
+                if negative_prompt:
+                    negative_embeds, negative_pooled = self._prompt_embeddings([negative_prompt] * len(seeds))
+                    true_cfg = {
+                        "negative_prompt_embeds": negative_embeds,
+                        "negative_pooled_prompt_embeds": negative_pooled,
+                        "true_cfg_scale": self.config.true_cfg_scale,
+                    }
                 images = self.pipe(
-                    prompts,
+                    prompt_embeds=embeds,
+                    pooled_prompt_embeds=pooled,
                     num_images_per_prompt=1,
                     generator=generators,
                     width=width,
@@ -311,7 +432,7 @@ class FluxEngine:
                     guidance_scale=guidance,
                     max_sequence_length=self.config.max_sequence_length,
                     output_type="pt",
-                    **(true_cfg if negative_prompt else {}),
+                    **true_cfg,
                     **progress,
                 ).images
             except torch.cuda.OutOfMemoryError:

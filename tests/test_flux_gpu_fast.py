@@ -1,0 +1,60 @@
+"""The fast modes on a GPU: fused QKV, regional compile, CUDA graphs and fp8 draw the same images.
+
+Full-size FLUX.1-schnell architecture with seeded random weights. Run: `pytest -m gpu -s tests/`.
+"""
+
+import pytest
+import torch
+
+from conftest import PROMPT, SIDE, free_cuda, generate, report
+from deployments.engines.flux import GIB, FluxConfig, FluxEngine, optimize_pipeline
+
+pytestmark = pytest.mark.gpu
+
+FAST = {"fuse_qkv": True, "compile": "regional", "cuda_graphs": 2}
+SEEDS = (21, 22)
+
+
+@pytest.fixture(scope="module")
+def reference_and_fast_engine():
+    """Images from the plain bf16 engine, then the same engine (same weights) optimised in place."""
+    engine = FluxEngine.load(FluxConfig(random_weights="full", precision="bf16", device="cuda"))
+    reference = {seed: generate(engine, seed=seed).cpu() for seed in SEEDS}
+    config = engine.config.model_copy(update=FAST)
+    optimize_pipeline(engine.pipe, config)
+    engine.config = config
+    engine.warm_up([1])
+    yield reference, engine
+    del engine
+    free_cuda()
+
+
+def test_compiled_and_graphed_engine_draws_the_plain_engines_images(reference_and_fast_engine):
+    reference, engine = reference_and_fast_engine
+    for seed in SEEDS:
+        image = generate(engine, seed=seed)
+        difference = (image.cpu() - reference[seed]).abs().mean().item()
+        report(f"fast bf16 vs plain bf16, seed {seed}, mean |difference|", f"{difference:.5f}")
+        assert difference < 0.01  # other kernels, same model: last-bit differences only
+        assert torch.equal(image, generate(engine, seed=seed))  # a replayed graph is deterministic
+
+
+def test_graphs_are_captured_per_shape_up_to_the_limit(reference_and_fast_engine):
+    _, engine = reference_and_fast_engine
+    graphed = engine.pipe.transformer.forward
+    engine.generate([PROMPT, PROMPT], seeds=[1, 2], width=SIDE, height=SIDE)
+    assert len(graphed) == 2  # batch 1 and batch 2 at 512x512
+    wide = engine.generate(PROMPT, seeds=[3], width=768, height=SIDE)  # a third shape runs without a graph
+    assert len(graphed) == 2 and wide.shape == (1, 3, SIDE, 768) and wide.std() > 0.01
+
+
+def test_fp8_engine_stays_close_to_bf16(reference_and_fast_engine):
+    reference, engine = reference_and_fast_engine
+    engine.pipe = None  # free the bf16 model first: both would fit an 80 GB card, not a smaller one
+    free_cuda()
+    fp8 = FluxEngine.load(FluxConfig(random_weights="full", precision="fp8", device="cuda", **FAST))
+    report("fp8 engine VRAM after load and warm-up", f"{torch.cuda.memory_allocated() / GIB:.2f} GiB")
+    for seed in SEEDS:
+        difference = (generate(fp8, seed=seed).cpu() - reference[seed]).abs().mean().item()
+        report(f"fp8 vs bf16, seed {seed}, mean |difference| (pixel values in [0, 1])", f"{difference:.5f}")
+        assert difference < 0.02
