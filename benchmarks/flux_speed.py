@@ -1,49 +1,86 @@
-"""Flux engine speed and memory against plain diffusers, in one process on one card.
+"""Flux engine speed and memory against plain diffusers, on one card, in one run.
 
-    python benchmarks/flux_speed.py [--out results.json] [--iterations 10]
+    python benchmarks/flux_speed.py                                   # every mode (about 10 minutes on an H100)
+    python benchmarks/flux_speed.py --modes vortex-bf16 diffusers-nf4 vortex-nf4 --out a.json
+    python benchmarks/flux_speed.py --model /path/to/FLUX.1-schnell   # real weights instead of random ones
 
-Builds the full-size FLUX.1-schnell architecture with seeded random weights on the GPU (bf16), then
-measures at 512x512, 4 steps, guidance 0, T5 length 256:
-  1. plain diffusers `FluxPipeline` eager bf16 (the baseline): batch-1 latency P50/P90/P99 and
-     throughput at batch 1, 2, 4, 8;
-  2. Vortex's engine on the same weights with `fuse_qkv` and `compile: regional`, the same figures
-     plus the compile time.
-Peak VRAM is `torch.cuda.max_memory_allocated` / `max_memory_reserved` per mode. It prints a table
-naming the card and versions and writes JSON. Not yet measured here: NF4, the 12 GB mode, fp8 and
-served end-to-end load (see the README's Performance section).
+At 512x512, 4 steps, guidance 0, T5 length 256 it measures, per mode: load time, warm-up time
+(compilation and CUDA graph capture, done at replica start in the service), batch-1 latency
+P50/P90/P99, throughput at batch 1, 2, 4, 8, peak `max_memory_allocated` / `max_memory_reserved`,
+and how far its seed-0 image is from the plain-diffusers bf16 one (mean absolute difference in
+[0, 1] pixel units: a check that a mode still computes the same model). Every call uses a new
+prompt, so nothing is served from the engine's prompt cache unless a row says so.
+
+The baseline, plain diffusers `FluxPipeline` eager bf16, always runs first, on the full-size
+FLUX.1-schnell architecture with seeded random weights (speed and memory do not depend on weight
+values), which it saves to /dev/shm for the modes that load from disk (NF4 and the 12 GB modes
+use the production `from_pretrained` path). Each mode runs in its own process, so peak memory is
+its own, and a mode that crashes or hangs costs only its `--timeout-s`.
+
+Modes: diffusers-bf16 (baseline), vortex-bf16 (fused QKV, regional compile, CUDA graphs; also
+prints the step-by-step progression from eager), vortex-fp8, diffusers-nf4 (the original NF4
+approach: NF4 transformer, bf16 T5, eager), vortex-nf4 (plus compile and CUDA graphs),
+diffusers-12gb (NF4 transformer and T5, double quant, model CPU offload) and vortex-12gb (NF4
+transformer resident, T5 streamed from pinned memory, prompt cache). It prints a table naming the
+card and versions and writes JSON.
 """
 
 import argparse
+import gc
 import json
 import statistics
+import subprocess
+import sys
 import time
+from collections.abc import Callable
+from pathlib import Path
 
-import diffusers
 import torch
 
-from deployments.engines.flux import FluxConfig, FluxEngine, optimize_pipeline
-from deployments.engines.random_models import full_size_flux_pipeline
+from deployments.engines.flux import (
+    FluxConfig,
+    FluxEngine,
+    load_flux_pipeline,
+    optimize_pipeline,
+)
 
 PROMPT = "a lighthouse on a cliff at dusk, oil painting, highly detailed"
 SIDE, STEPS, T5_TOKENS = 512, 4, 256
 BATCHES = (1, 2, 4, 8)
+CHECKPOINT = Path("/dev/shm/vortex-flux-random")
+FAST = {"fuse_qkv": True, "compile": "regional", "cuda_graphs": 8}
+MODES: dict[str, dict] = {
+    "diffusers-bf16": {"precision": "bf16"},
+    "vortex-bf16": {"precision": "bf16", **FAST},
+    "vortex-fp8": {"precision": "fp8", **FAST},
+    "diffusers-nf4": {"precision": "nf4"},
+    "vortex-nf4": {"precision": "nf4", "compile": "regional", "cuda_graphs": 8},
+    "diffusers-12gb": {"precision": "nf4", "t5_nf4": True, "nf4_double_quant": True, "cpu_offload": True},
+    "vortex-12gb": {
+        "precision": "nf4",
+        "nf4_double_quant": True,
+        "t5_offload": True,
+        "prompt_cache_size": 16,
+        "compile": "regional",
+        "cuda_graphs": 2,
+    },
+}
+LOW_MEMORY = ("diffusers-12gb", "vortex-12gb")  # batch 1 only: their point is the memory cap
+GIB = 2**30
 
 
-def diffusers_call(pipe, batch: int) -> None:
-    pipe(
-        PROMPT,
-        num_images_per_prompt=batch,
-        generator=[torch.Generator("cpu").manual_seed(i) for i in range(batch)],
-        width=SIDE,
-        height=SIDE,
-        num_inference_steps=STEPS,
-        guidance_scale=0.0,
-        max_sequence_length=T5_TOKENS,
-        output_type="pt",
-    )
+class Prompts:
+    """A new prompt for every image, so that no mode is timed on cached prompt embeddings."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def take(self, n: int) -> list[str]:
+        self.count += n
+        return [f"{PROMPT}, variation {self.count - i}" for i in range(n)]
 
 
-def timed(call, iterations: int) -> list[float]:
+def timed(call: Callable[[], object], iterations: int) -> list[float]:
     seconds = []
     for _ in range(iterations):
         torch.cuda.synchronize()
@@ -59,68 +96,246 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
-def measure(name: str, run, iterations: int, warmup_s: float | None = None) -> dict:
-    """`run(batch)` generates one batch; warm-up calls (compilation) are not timed."""
-    torch.cuda.reset_peak_memory_stats()
-    result = {"mode": name, "warmup_s": warmup_s}
-    batch1 = timed(lambda: run(1), iterations)
-    result.update(p50=statistics.median(batch1), p90=percentile(batch1, 90), p99=percentile(batch1, 99))
-    result["images_per_s"] = {}
-    for batch in BATCHES:
-        run(batch)  # a new shape: compile or tune outside the timing
-        seconds = timed(lambda batch=batch: run(batch), max(2, iterations // batch))
+def measure(run: Callable[[list[str], list[int]], torch.Tensor], iterations: int, batches: tuple[int, ...]) -> dict:
+    """`run(prompts, seeds)` generates one image per seed. Returns latency and throughput figures."""
+    prompts = Prompts()
+    batch1 = timed(lambda: run(prompts.take(1), [0]), iterations)
+    result = {"p50": statistics.median(batch1), "p90": percentile(batch1, 90), "p99": percentile(batch1, 99)}
+    result["images_per_s"] = {1: 1 / result["p50"]}
+    for batch in batches[1:]:
+        run(prompts.take(batch), list(range(batch)))  # a new shape: tune or capture outside the timing
+        seconds = timed(lambda b=batch: run(prompts.take(b), list(range(b))), max(2, iterations // batch))
         result["images_per_s"][batch] = batch / statistics.median(seconds)
-    result["peak_allocated_gib"] = torch.cuda.max_memory_allocated() / 2**30
-    result["peak_reserved_gib"] = torch.cuda.max_memory_reserved() / 2**30
-    print(json.dumps(result), flush=True)
     return result
+
+
+def diffusers_runner(pipe) -> Callable[[list[str], list[int]], torch.Tensor]:
+    """Plain `FluxPipeline.__call__`, as its documentation shows it."""
+
+    def run(prompts: list[str], seeds: list[int]) -> torch.Tensor:
+        return pipe(
+            prompts,
+            generator=[torch.Generator("cpu").manual_seed(seed) for seed in seeds],
+            width=SIDE,
+            height=SIDE,
+            num_inference_steps=STEPS,
+            guidance_scale=0.0,
+            max_sequence_length=T5_TOKENS,
+            output_type="pt",
+        ).images
+
+    return run
+
+
+def engine_runner(engine: FluxEngine) -> Callable[[list[str], list[int]], torch.Tensor]:
+    def run(prompts: list[str], seeds: list[int]) -> torch.Tensor:
+        return engine.generate(prompts, seeds=seeds, width=SIDE, height=SIDE, steps=STEPS)
+
+    return run
+
+
+def vae_decode_ms(pipe, iterations: int = 5) -> float:
+    latents = torch.randn(1, 16, SIDE // 8, SIDE // 8, device="cuda", dtype=pipe.vae.dtype)
+    with torch.inference_mode():
+        pipe.vae.decode(latents)
+        return 1000 * statistics.median(timed(lambda: pipe.vae.decode(latents), iterations))
+
+
+def run_mode(mode: str, model: str | None, iterations: int, save_checkpoint: bool) -> dict:
+    """One mode, in this process. Writes its seed-0 image for the cross-mode check."""
+    settings = MODES[mode]
+    source = {"model": model} if model else {"random_weights": "full"}
+    if mode not in ("diffusers-bf16", "vortex-bf16", "vortex-fp8"):
+        source = {"model": model or str(CHECKPOINT), "offline": True}
+    config = FluxConfig(**source, device="cuda", **settings)
+    result: dict = {"mode": mode, "config": settings, "card": torch.cuda.get_device_name(), "versions": versions()}
+    batches = (1,) if mode in LOW_MEMORY else BATCHES
+    torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+
+    if mode.startswith("diffusers"):
+        pipe = load_flux_pipeline(config, torch.device("cuda"))
+        pipe.set_progress_bar_config(disable=True)
+        result["load_s"] = time.perf_counter() - start
+        run = diffusers_runner(pipe)
+        start = time.perf_counter()
+        run(["warm-up"], [0])  # cuBLAS and cuDNN initialisation
+        result["warmup_s"] = time.perf_counter() - start
+        if mode == "diffusers-bf16" and not model:
+            result["vae_decode_ms"] = {"nchw": vae_decode_ms(pipe)}
+    elif mode == "vortex-bf16":
+        result.update(progression(config, iterations))
+        engine = result.pop("engine")
+        run = engine_runner(engine)
+    else:
+        engine = FluxEngine.load(config, warmup_batch_sizes=())
+        result["load_s"] = time.perf_counter() - start
+        start = time.perf_counter()
+        engine.warm_up(batches)  # what the replica does before it serves
+        result["warmup_s"] = time.perf_counter() - start
+        run = engine_runner(engine)
+
+    result["load_peak_allocated_gib"] = torch.cuda.max_memory_allocated() / GIB
+    torch.cuda.reset_peak_memory_stats()  # from here on: serving
+    result["image_seed0"] = str(CHECKPOINT.with_name(f"vortex-image-{mode}.pt"))
+    torch.save(run([PROMPT], [0]).float().cpu(), result["image_seed0"])
+    result.update(measure(run, iterations if mode not in LOW_MEMORY else max(3, iterations // 2), batches))
+    if mode == "vortex-12gb":
+        result["p50_repeated_prompt"] = statistics.median(timed(lambda: run([PROMPT], [1]), 3))
+    result["peak_allocated_gib"] = torch.cuda.max_memory_allocated() / GIB
+    result["peak_reserved_gib"] = torch.cuda.max_memory_reserved() / GIB
+    if save_checkpoint:
+        start = time.perf_counter()
+        pipe.save_pretrained(CHECKPOINT, safe_serialization=True)
+        result["saved_checkpoint_s"] = time.perf_counter() - start
+    return result
+
+
+def progression(config: FluxConfig, iterations: int) -> dict:
+    """Our bf16 engine with one optimisation added at a time, batch-1 P50 after each."""
+    start = time.perf_counter()
+    plain = config.model_copy(update={"fuse_qkv": False, "compile": "none", "cuda_graphs": 0})
+    engine = FluxEngine.load(plain)
+    result: dict = {"load_s": time.perf_counter() - start, "progression": {}}
+    run = engine_runner(engine)
+    prompts = Prompts()
+    run(prompts.take(1), [0])
+    result["vae_decode_ms"] = {"nchw": vae_decode_ms(engine.pipe)}
+
+    def p50() -> float:
+        return statistics.median(timed(lambda: run(prompts.take(1), [0]), max(3, iterations // 2)))
+
+    result["progression"]["eager, prompt encoders and pipeline as diffusers"] = p50()
+    steps = [
+        ("+ fused QKV, channels-last VAE", {"fuse_qkv": True}),
+        ("+ regional torch.compile", {"compile": "regional"}),
+        ("+ CUDA graphs", {"cuda_graphs": config.cuda_graphs}),
+    ]
+    warmup_s = 0.0
+    for label, option in steps:
+        optimize_pipeline(engine.pipe, FluxConfig(random_weights="full", device="cuda", **option))
+        engine.config = engine.config.model_copy(update=option)
+        start = time.perf_counter()
+        engine.warm_up([1] if label != "+ CUDA graphs" else BATCHES)
+        warmup_s += time.perf_counter() - start
+        result["progression"][label] = p50()
+        if label.startswith("+ fused"):
+            result["vae_decode_ms"]["channels_last"] = vae_decode_ms(engine.pipe)
+    result["warmup_s"] = warmup_s
+    result["engine"] = engine
+    return result
+
+
+def versions() -> dict:
+    import diffusers
+
+    found = {"torch": torch.__version__, "diffusers": diffusers.__version__}
+    try:
+        import bitsandbytes
+
+        found["bitsandbytes"] = bitsandbytes.__version__
+    except ImportError:
+        found["bitsandbytes"] = None
+    return found
+
+
+def print_table(card: str, results: list[dict], found: dict) -> None:
+    baseline = next(r for r in results if r["mode"] == "diffusers-bf16" and "p50" in r)
+    reference = torch.load(baseline["image_seed0"])
+    print(f"\nFLUX.1-schnell, {SIDE}x{SIDE}, {STEPS} steps, guidance 0, T5 {T5_TOKENS}; card: {card}; {found}\n")
+    rates = "".join(f"{'img/s b' + str(b):>10}" for b in BATCHES)
+    print(
+        f"{'mode':<16}{'load s':>8}{'warm s':>8}{'P50 s':>8}{'P90 s':>8}{'P99 s':>8}{rates}"
+        f"{'alloc GiB':>10}{'resv GiB':>9}{'x P50':>7}{'|d| img':>9}"
+    )
+    for row in results:
+        if "error" in row:
+            print(f"{row['mode']:<16} FAILED: {row['error'][-300:]}")
+            continue
+        per_batch = "".join(
+            f"{row['images_per_s'][str(b)] if str(b) in row['images_per_s'] else float('nan'):>10.2f}" for b in BATCHES
+        )
+        difference = (torch.load(row["image_seed0"]) - reference).abs().mean().item()
+        row["mean_abs_difference_from_baseline"] = difference
+        print(
+            f"{row['mode']:<16}{row['load_s']:>8.1f}{row['warmup_s']:>8.1f}{row['p50']:>8.3f}{row['p90']:>8.3f}"
+            f"{row['p99']:>8.3f}{per_batch}{row['peak_allocated_gib']:>10.2f}{row['peak_reserved_gib']:>9.2f}"
+            f"{baseline['p50'] / row['p50']:>7.2f}{difference:>9.4f}"
+        )
+    by_mode = {row["mode"]: row for row in results if "p50" in row}
+    base_rate = baseline["images_per_s"]["1"]
+    print("\nRatios to the plain-diffusers bf16 baseline of this run (targets from issue 7):")
+    for mode in ("vortex-bf16", "vortex-fp8"):
+        if mode in by_mode:
+            row = by_mode[mode]
+            best = max(row["images_per_s"].values())
+            print(
+                f"  {mode}: batch-1 P50 {row['p50']:.3f} s (target <= 0.150), {baseline['p50'] / row['p50']:.2f}x "
+                f"faster (target >= 2x); best engine throughput {best:.2f} img/s = {best / base_rate:.2f}x the "
+                "baseline batch-1 rate"
+            )
+    if "vortex-nf4" in by_mode and "vortex-bf16" in by_mode:
+        ratio = by_mode["vortex-nf4"]["p50"] / by_mode["vortex-bf16"]["p50"]
+        print(f"  vortex-nf4 / vortex-bf16 batch-1 latency: {ratio:.2f}x (target <= 1.15x)")
+    for mode in LOW_MEMORY:
+        if mode in by_mode:
+            row = by_mode[mode]
+            cached = f", repeated prompt {row['p50_repeated_prompt']:.2f} s" if "p50_repeated_prompt" in row else ""
+            print(
+                f"  {mode}: {row['p50']:.2f} s/image{cached}, peak allocated {row['peak_allocated_gib']:.2f} GiB "
+                f"generating, {row['load_peak_allocated_gib']:.2f} GiB loading (targets <= 2.0 s, <= 6.0 GiB)"
+            )
+    for row in results:
+        if "progression" in row:
+            print(f"\n{row['mode']} step by step (batch-1 P50; baseline {baseline['p50']:.3f} s):")
+            for label, seconds in row["progression"].items():
+                print(f"  {label:<52}{seconds:.3f} s")
+        if "vae_decode_ms" in row:
+            print(f"  {row['mode']} VAE decode at {SIDE}x{SIDE}, batch 1 (ms): {row['vae_decode_ms']}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--modes", nargs="+", choices=list(MODES)[1:], default=list(MODES)[1:])
+    parser.add_argument("--model", help="A FLUX.1-schnell folder with real weights instead of random ones.")
+    parser.add_argument("--iterations", type=int, default=8)
+    parser.add_argument("--timeout-s", type=int, default=240, help="Per mode, load and warm-up included.")
     parser.add_argument("--out", default="flux_speed.json")
-    parser.add_argument("--iterations", type=int, default=10)
+    parser.add_argument("--child", choices=list(MODES), help=argparse.SUPPRESS)
+    parser.add_argument("--save-checkpoint", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    card = torch.cuda.get_device_name()
 
-    start = time.perf_counter()
-    pipe = full_size_flux_pipeline(seed=0)
-    pipe.set_progress_bar_config(disable=True)
-    build_s = time.perf_counter() - start
+    if args.child:  # one mode in this process; the parent reads the last line
+        result = run_mode(args.child, args.model, args.iterations, args.save_checkpoint)
+        print("RESULT " + json.dumps(result), flush=True)
+        return
 
-    diffusers_call(pipe, 1)  # cuBLAS/cuDNN warm-up
-    baseline = measure("diffusers eager bf16", lambda batch: diffusers_call(pipe, batch), args.iterations)
-
-    config = FluxConfig(random_weights="full", precision="bf16", device="cuda", fuse_qkv=True, compile="regional")
-    optimize_pipeline(pipe, config)
-    engine = FluxEngine(pipe, config, torch.device("cuda"))
-
-    def ours(batch: int) -> None:
-        engine.generate(PROMPT, seeds=list(range(batch)), width=SIDE, height=SIDE, steps=STEPS)
-
-    start = time.perf_counter()
-    ours(1)
-    compile_s = time.perf_counter() - start
-    vortex = measure("vortex bf16 + fused QKV + regional compile", ours, args.iterations, warmup_s=compile_s)
-
-    versions = {"torch": torch.__version__, "diffusers": diffusers.__version__}
-    print(f"\nFLUX.1-schnell architecture, random bf16 weights, {SIDE}x{SIDE}, {STEPS} steps, T5 {T5_TOKENS}")
-    print(f"card: {card}; {versions}; build {build_s:.0f} s\n")
-    header = f"{'mode':<44}{'P50 s':>8}{'P90 s':>8}{'P99 s':>8}" + "".join(f"{'img/s b' + str(b):>11}" for b in BATCHES)
-    print(header + f"{'alloc GiB':>11}{'resv GiB':>10}")
-    for row in (baseline, vortex):
-        rates = "".join(f"{row['images_per_s'][b]:>11.2f}" for b in BATCHES)
-        print(
-            f"{row['mode']:<44}{row['p50']:>8.3f}{row['p90']:>8.3f}{row['p99']:>8.3f}{rates}"
-            f"{row['peak_allocated_gib']:>11.1f}{row['peak_reserved_gib']:>10.1f}"
-        )
-    print(
-        f"\nvortex / diffusers: batch-1 P50 x{baseline['p50'] / vortex['p50']:.2f} faster; "
-        f"batch-8 throughput x{vortex['images_per_s'][8] / baseline['images_per_s'][1]:.2f} the diffusers batch-1 "
-        f"rate; compile {compile_s:.0f} s"
-    )
+    # The parent never touches CUDA: a context here would sit on the card beside every mode.
+    loads_from_disk = not args.model and any(mode not in ("vortex-bf16", "vortex-fp8") for mode in args.modes)
+    results = []
+    for mode in ["diffusers-bf16", *args.modes]:
+        command = [sys.executable, __file__, "--child", mode, "--iterations", str(args.iterations)]
+        command += ["--model", args.model] if args.model else []
+        command += ["--save-checkpoint"] if mode == "diffusers-bf16" and loads_from_disk else []
+        print(f"--- {mode}", flush=True)
+        try:
+            child = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout_s)
+            lines = [line for line in child.stdout.splitlines() if line.startswith("RESULT ")]
+            if lines:
+                results.append(json.loads(lines[-1].removeprefix("RESULT ")))
+                print(lines[-1], flush=True)
+            else:
+                results.append({"mode": mode, "error": child.stderr[-2000:]})
+                print(child.stderr[-3000:], flush=True)
+        except subprocess.TimeoutExpired as timeout:
+            tail = (timeout.stderr or b"")[-1500:]
+            results.append({"mode": mode, "error": f"timed out after {args.timeout_s} s: {tail!r}"})
+            print(results[-1]["error"], flush=True)
+        gc.collect()
+    card, found = next(((row["card"], row["versions"]) for row in results if "card" in row), ("unknown", {}))
+    print_table(card, results, found)
     with open(args.out, "w") as f:
-        json.dump({"card": card, "versions": versions, "results": [baseline, vortex]}, f, indent=2)
+        json.dump({"card": card, "versions": found, "results": results}, f, indent=2)
 
 
 if __name__ == "__main__":

@@ -52,8 +52,9 @@ class GenerationJob:
 class FluxGenerator:
     def __init__(self, config: FluxConfig, batching: BatchingConfig | None = None) -> None:
         send_engine_logs_to_serve()
-        self.engine = FluxEngine.load(config)
         batching = batching or BatchingConfig()
+        # Compile and capture CUDA graphs for every batch size a batch of one-image requests can have.
+        self.engine = FluxEngine.load(config, warmup_batch_sizes=range(1, batching.max_batch_size + 1))
         self._batched.set_max_batch_size(batching.max_batch_size)
         self._batched.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
         self.in_flight = 0  # requests in the batch being generated

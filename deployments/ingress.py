@@ -137,7 +137,7 @@ def server_sent_event(payload: dict) -> str:
 
 def encode_png(pixels: np.ndarray) -> bytes:
     buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
+    Image.fromarray(pixels).save(buffer, format="PNG", compress_level=1)  # 4x faster than the default 6
     return buffer.getvalue()
 
 
