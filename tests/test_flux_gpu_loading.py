@@ -89,3 +89,42 @@ def test_12gb_mode_peak_vram(saved_checkpoint, double_quant):
     finally:
         del engine
         free_cuda()
+
+
+def test_12gb_resident_mode_keeps_t5_in_host_memory_and_caches_prompts(saved_checkpoint):
+    """configs/gpu-12gb.yaml's arrangement: NF4 transformer resident and graphed, T5 streamed per layer."""
+    config = FluxConfig(
+        model=str(saved_checkpoint),
+        offline=True,
+        precision="nf4",
+        nf4_double_quant=True,
+        t5_offload=True,
+        prompt_cache_size=16,
+        compile="regional",
+        cuda_graphs=2,
+        device="cuda",
+    )
+    engine = load(config)
+    try:
+        t5_devices = {p.device.type for p in engine.pipe.text_encoder_2.parameters()}
+        assert t5_devices == {"cpu"}  # between encodes T5 lives in (pinned) host memory
+        torch.cuda.reset_peak_memory_stats()
+        start = time.perf_counter()
+        image = engine.generate("a new prompt for T5", seeds=[1], width=SIDE, height=SIDE)
+        new_prompt_s = time.perf_counter() - start
+        start = time.perf_counter()
+        again = engine.generate("a new prompt for T5", seeds=[1], width=SIDE, height=SIDE)
+        cached_prompt_s = time.perf_counter() - start
+        peak = torch.cuda.max_memory_allocated()
+        report(
+            "12 GB resident mode: seconds per image, new / cached prompt", f"{new_prompt_s:.2f} / {cached_prompt_s:.2f}"
+        )
+        report(
+            "12 GB resident mode: peak allocated",
+            f"{peak / GIB:.2f} GiB, reserved {torch.cuda.max_memory_reserved() / GIB:.2f} GiB",
+        )
+        assert torch.equal(image, again) and image.std() > 0.01
+        assert peak <= 6.7 * GIB  # 6.54 GiB in benchmarks/flux_speed.py on an H100
+    finally:
+        del engine
+        free_cuda()

@@ -255,7 +255,6 @@ def optimize_pipeline(pipe: FluxPipeline, config: FluxConfig) -> None:
     """Apply the speed options of `config` to a loaded pipeline, in place, in the order they compose."""
     if config.fuse_qkv:
         fuse_qkv_projections(pipe.transformer)
-    pipe.vae.to(memory_format=torch.channels_last)  # cuDNN's (and oneDNN's) convolutions run NHWC natively
     if config.compile == "regional":
         pipe.transformer.compile_repeated_blocks(fullgraph=True)
     if config.cuda_graphs:
@@ -316,6 +315,8 @@ class FluxEngine:
                 list(warmup_batch_sizes),
                 time.perf_counter() - start,
             )
+        if device.type == "cuda":  # hand back what loading and warm-up cached: other replicas may share the card
+            torch.cuda.empty_cache()
         return engine
 
     def warm_up(self, batch_sizes: Sequence[int]) -> None:
@@ -341,8 +342,8 @@ class FluxEngine:
             # Copies, so that a cached row does not keep its whole batch alive.
             encoded = {prompt: (embeds[i].clone(), pooled[i].clone()) for i, prompt in enumerate(missing)}
         rows = [encoded[prompt] if prompt in encoded else cache[prompt] for prompt in prompts]
-        for prompt in dict.fromkeys(prompts):
-            if self.config.prompt_cache_size:
+        if self.config.prompt_cache_size:
+            for prompt in dict.fromkeys(prompts):  # least recently used first, evicted first
                 cache[prompt] = encoded.get(prompt) or cache[prompt]
                 cache.move_to_end(prompt)
         while len(cache) > self.config.prompt_cache_size:
