@@ -106,26 +106,10 @@ def versions() -> dict[str, str | None]:
     return found
 
 
-def run_pipe(pipe, index: int) -> None:
-    """One batch-1 call of plain diffusers, the same call shape as benchmarks/flux_speed.py's baseline."""
-    import torch
-
-    pipe(
-        prompt(index),
-        num_images_per_prompt=1,
-        generator=[torch.Generator("cpu").manual_seed(index)],
-        width=SIDE,
-        height=SIDE,
-        num_inference_steps=STEPS,
-        guidance_scale=0.0,
-        max_sequence_length=T5_TOKENS,
-        output_type="pt",
-    )
-
-
 def diffusers_baseline(calls: int) -> dict:
     """Plain diffusers eager bf16 batch-1 latency on this card, measured before Serve takes it."""
     import torch
+    from flux_speed import diffusers_runner  # the same call as the engine benchmark's baseline
 
     from deployments.engines.random_models import full_size_flux_pipeline
 
@@ -133,17 +117,19 @@ def diffusers_baseline(calls: int) -> dict:
     pipe = full_size_flux_pipeline(seed=0)
     pipe.set_progress_bar_config(disable=True)
     build_s = time.perf_counter() - start
+    run = diffusers_runner(pipe)
+
     torch.cuda.reset_peak_memory_stats()
-    run_pipe(pipe, 0)  # cuBLAS/cuDNN warm-up
+    run([prompt(0)], [0])  # cuBLAS/cuDNN warm-up
     seconds = []
     for index in range(1, calls + 1):
         torch.cuda.synchronize()
         start = time.perf_counter()
-        run_pipe(pipe, index)
+        run([prompt(index)], [index])
         torch.cuda.synchronize()
         seconds.append(time.perf_counter() - start)
     peak_gib = torch.cuda.max_memory_allocated() / 2**30
-    del pipe  # the card must be free for the generator replica
+    del pipe, run  # the card must be free for the generator replica (the runner holds the pipeline too)
     gc.collect()
     torch.cuda.empty_cache()
     free, total = torch.cuda.mem_get_info()
