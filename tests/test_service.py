@@ -238,6 +238,28 @@ def test_concurrent_requests_share_a_generator_forward_pass(local_service):
         assert np.abs(a - b).mean() < 1.0  # the same image; a batch may change the last bits
 
 
+def test_requests_arriving_while_the_generator_is_busy_share_its_next_batch(local_service):
+    """A batch is formed when the engine is free, so every request waiting by then joins it."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ray import serve
+
+    generator = serve.get_deployment_handle("FluxGenerator", app_name="vortex")
+    before = generator.batch_histogram.remote().result()
+    with ThreadPoolExecutor(max_workers=5) as pool:
+        busy = pool.submit(post, local_service, {"prompt": "four slow images", "size": "512x512", "n": 4, "seed": 1})
+        time.sleep(0.3)  # the four images (over a second on the CPU profile) are being generated
+        waiting = []
+        for i in range(4):  # one by one: a batch formed on arrival would hold one each
+            waiting.append(pool.submit(post, local_service, {"prompt": f"arrived {i}", "size": "256x256", "seed": i}))
+            time.sleep(0.1)
+        assert all(future.result().status_code == 200 for future in [busy, *waiting])
+    after = generator.batch_histogram.remote().result()
+    new_batches = {size: after[size] - before.get(size, 0) for size in after if after[size] > before.get(size, 0)}
+    assert new_batches == {1: 1, 4: 1}
+
+
 @pytest.fixture(scope="module")
 def strict_service(local_service):
     """A second app whose content policy flags everything, allowing two attempts per image."""
