@@ -18,7 +18,7 @@ Run it from the repository root. In one process, on one card:
      The flux block is `--flux` (default: fp8, fused QKV, regional compile, CUDA graphs).
   3. Closed-loop HTTP load on `POST /v1/images/generations` (as the README's curl example: 512x512,
      one image, 4 steps), distinct prompts and seeds, at each concurrency: a warm-up round of
-     `concurrency` requests (new batch sizes compile there, untimed), then up to
+     `concurrency` requests (untimed: the first batches of a new size), then up to
      `--requests-per-level` requests, none started after `--level-timeout-s`. Per level: ok and
      failed requests (by status), P50 and P99 latency of the successful ones, images/s (images
      returned / level wall time) and the generator's batch sizes (requests per batch).

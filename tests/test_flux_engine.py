@@ -192,3 +192,8 @@ def test_repeated_prompts_skip_the_text_encoders_and_draw_the_same_image(flux):
 def test_speed_options_that_cannot_work_together_are_refused(options, message):
     with pytest.raises(ValueError, match=message):
         FluxConfig(**options)
+
+
+def test_cuda_graphs_on_a_cpu_engine_fail_at_load_with_the_field_named():
+    with pytest.raises(ValueError, match="cuda_graphs: CUDA graphs need a CUDA device; this engine runs on cpu"):
+        FluxEngine.load(FluxConfig(**TINY, cuda_graphs=2))

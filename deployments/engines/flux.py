@@ -177,6 +177,8 @@ def load_flux_pipeline(config: FluxConfig, device: torch.device) -> FluxPipeline
             f"precision: fp8 needs compute capability 8.9 or newer; {torch.cuda.get_device_name(device)} "
             "has not. Use bf16, or nf4 for small cards."
         )
+    if config.cuda_graphs and device.type != "cuda":
+        raise ValueError(f"cuda_graphs: CUDA graphs need a CUDA device; this engine runs on {device}. Set it to 0.")
     if config.random_weights:
         if config.random_weights == "tiny":
             pipe = tiny_flux_pipeline().to(device, dtype)  # built in fp32
