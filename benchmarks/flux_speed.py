@@ -205,7 +205,7 @@ def progression(config: FluxConfig, iterations: int) -> dict:
     def p50() -> float:
         return statistics.median(timed(lambda: run(prompts.take(1), [0]), max(3, iterations // 2)))
 
-    result["progression"]["eager, prompt encoders and pipeline as diffusers"] = p50()
+    result["progression"]["eager: our engine without speed options"] = p50()
     steps = [
         ("+ fused QKV", {"fuse_qkv": True}),
         ("+ regional torch.compile", {"compile": "regional"}),
