@@ -200,7 +200,6 @@ def progression(config: FluxConfig, iterations: int) -> dict:
     run = engine_runner(engine)
     prompts = Prompts()
     run(prompts.take(1), [0])
-    result["vae_decode_ms"] = vae_decode_ms(engine.pipe)
 
     def p50() -> float:
         return statistics.median(timed(lambda: run(prompts.take(1), [0]), max(3, iterations // 2)))

@@ -1,11 +1,12 @@
 """Replay a model call as a CUDA graph: one launch instead of thousands of small kernel launches.
 
-Batch-1 Flux at 512x512 is bound by the CPU launching kernels (about 13,000 per image in eager
-mode). Regional compilation fuses many of them, but each of the 57 blocks still runs op by op.
-A CUDA graph records one call for one set of input shapes and replays all of its kernels with a
-single launch. Shapes in Flux are fixed per (batch, width, height): the prompts are padded to
-fixed lengths, so each new shape is captured once on first use (two warm-up calls and a capture)
-and replayed after that.
+Eager batch-1 Flux at 512x512 launches about 13,000 kernels per image. Regional compilation fuses
+many of them, but each of the 57 blocks still launches its kernels one by one from Python. After
+compilation a bf16 H100 step is GPU-bound and graphs save little (3 ms per image); they matter where
+launches still dominate, e.g. NF4 (bitsandbytes) in the 12 GB mode. A CUDA graph records one call
+for one set of input shapes and replays all of its kernels with a single launch. Shapes in Flux are
+fixed per (batch, width, height): the prompts are padded to fixed lengths, so each new shape is
+captured once on first use (two warm-up calls and a capture) and replayed after that.
 
 `torch.compile(mode="reduce-overhead")` builds graphs itself, but with regional compilation each
 block gets its own graph and overwrites the previous block's output (seen on an H100, torch 2.11:

@@ -43,12 +43,11 @@ class Float8Linear(nn.Module):
         return y.reshape(*x.shape[:-1], self.out_features)
 
 
-def float8_transformer_blocks(transformer: nn.Module, device: torch.device) -> int:
-    """Swap the linear layers of the transformer's blocks for `Float8Linear` on `device`, in place;
-    returns how many. One layer at a time, so a transformer loaded on the CPU never sits on the
+def float8_transformer_blocks(transformer: nn.Module, device: torch.device) -> None:
+    """Swap the linear layers of the transformer's blocks for `Float8Linear` on `device`, in place.
+    One layer at a time, so a transformer loaded on the CPU never sits on the
     device in bf16. The embedders and the output projection stay in bf16: small, at the model's ends.
     """
-    swapped = 0
     for blocks in (transformer.transformer_blocks, transformer.single_transformer_blocks):
         for name, module in list(blocks.named_modules()):
             if not isinstance(module, nn.Linear) or name.endswith(KEPT_IN_BF16):
@@ -57,5 +56,3 @@ def float8_transformer_blocks(transformer: nn.Module, device: torch.device) -> i
                 continue
             parent_name, _, child = name.rpartition(".")
             setattr(blocks.get_submodule(parent_name), child, Float8Linear(module, device))
-            swapped += 1
-    return swapped
