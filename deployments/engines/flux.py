@@ -72,8 +72,8 @@ class FluxConfig(BaseModel):
     )
     compile: Literal["none", "regional"] = Field(
         "none",
-        description="regional: torch.compile of the transformer's repeated blocks (about 15-20 s at start on an "
-        "H100, then fewer kernel launches per step); the replica warms it up before serving.",
+        description="regional: torch.compile of the transformer's repeated blocks and of the VAE decoder "
+        "(compiled at replica start, before it serves; fused kernels, far fewer launches).",
     )
     fuse_qkv: bool = Field(False, description="Fuse the attention Q/K/V projections into one GEMM each.")
     cuda_graphs: int = Field(
@@ -259,6 +259,10 @@ def optimize_pipeline(pipe: FluxPipeline, config: FluxConfig) -> None:
         fuse_qkv_projections(pipe.transformer)
     if config.compile == "regional":
         pipe.transformer.compile_repeated_blocks(fullgraph=True)
+        # The decoder is one region, compiled for one shape: images are decoded one at a time (no slower
+        # than a batch once compiled), so a new batch size does not compile it again.
+        pipe.vae.enable_slicing()
+        pipe.vae.decoder.compile(fullgraph=True, dynamic=False)
     if config.cuda_graphs:
         pipe.transformer.forward = CudaGraphRunner(pipe.transformer.forward, config.cuda_graphs)
         pipe.text_encoder.forward = CudaGraphRunner(pipe.text_encoder.forward, config.cuda_graphs)

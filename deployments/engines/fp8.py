@@ -37,7 +37,10 @@ class Float8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows, row_scale = quantize_rows(x.reshape(-1, self.in_features))
-        y = torch._scaled_mm(rows, self.weight.T, scale_a=row_scale, scale_b=self.weight_scale, out_dtype=x.dtype)
+        # Fast accumulation (torchao's inference default): 10-20% faster GEMMs at Flux's shapes on an H100.
+        y = torch._scaled_mm(
+            rows, self.weight.T, scale_a=row_scale, scale_b=self.weight_scale, out_dtype=x.dtype, use_fast_accum=True
+        )
         if self.bias is not None:
             y = y + self.bias
         return y.reshape(*x.shape[:-1], self.out_features)
