@@ -253,6 +253,11 @@ def test_a_batch_mixing_image_sizes_gives_the_verdicts_of_each_request_alone():
                 assert embedding == pytest.approx(verdict.embeddings[name], abs=1e-5)
 
 
+def test_cuda_graphs_on_a_cpu_verifier_is_refused_naming_the_field():
+    with pytest.raises(ValueError, match=r"^cuda_graphs: CUDA graphs need a CUDA device"):
+        ClipEngine.load(tiny_config(cuda_graphs=4))
+
+
 def test_images_must_be_uint8_rgb_batches(tiny_engine):
     with pytest.raises(ValueError, match=r"images: expected uint8 \[N, H, W, 3\], got uint8 \[1, 64, 64, 4\]"):
         tiny_engine.verify([(np.zeros((1, 64, 64, 4), np.uint8), "a red fox")])

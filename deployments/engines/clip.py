@@ -19,6 +19,7 @@ An image passes when 1 and 2 hold and 3 flags nothing.
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -30,6 +31,7 @@ from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
 from deployments.engines.common import TORCH_DTYPES, ModelFilesMissingError, resolve_device
+from deployments.engines.cuda_graphs import CudaGraphRunner
 from deployments.engines.random_models import register_tiny_clip_configs
 
 logger = logging.getLogger(__name__)
@@ -109,6 +111,12 @@ class VerifierConfig(BaseModel):
     device: str = "auto"
     max_batch_size: int = Field(16, ge=1, description="Images verified together by the deployment.")
     batch_wait_timeout_s: float = Field(0.01, ge=0)
+    cuda_graphs: int = Field(
+        0,
+        ge=0,
+        description="Replay each model's image and prompt encoders as CUDA graphs, captured for up to this many "
+        "batch sizes each (sizes 1 to min(cuda_graphs, max_batch_size) at start); 0 turns them off.",
+    )
 
 
 @dataclass
@@ -280,6 +288,9 @@ class ImagePreprocessing:
         return TF.normalize(TF.to_dtype(pixels, torch.float32, scale=True), list(self.mean), list(self.std))
 
 
+Encoder = Callable[[torch.Tensor], torch.Tensor]
+
+
 @dataclass
 class LoadedClip:
     config: ClipModelConfig
@@ -287,20 +298,41 @@ class LoadedClip:
     preprocessing: ImagePreprocessing
     tokenizer: object
     references: ReferenceTexts
+    # The model's encoders, or their CUDA graph replays: what requests run.
+    encode_image: Encoder
+    encode_text: Encoder
 
 
 @torch.inference_mode()
-def encode_texts(model: torch.nn.Module, tokenizer, texts: list[str], device: torch.device) -> torch.Tensor:
+def encode_texts(encode_text: Encoder, tokenizer, texts: list[str], device: torch.device) -> torch.Tensor:
     """Unit-norm text embeddings [len(texts), D] in fp32."""
-    return torch.nn.functional.normalize(model.encode_text(tokenizer(texts).to(device)).float(), dim=-1)
+    return torch.nn.functional.normalize(encode_text(tokenizer(texts).to(device)).float(), dim=-1)
 
 
 def reference_texts(model: torch.nn.Module, tokenizer, config: VerifierConfig, device: torch.device) -> ReferenceTexts:
+    """Caption embeddings, computed once per configuration with the plain (ungraphed) encoder."""
+    encode = model.encode_text
     return ReferenceTexts(
-        distractors=encode_texts(model, tokenizer, config.distractors, device) if config.distractors else None,
-        neutral=encode_texts(model, tokenizer, config.policy.neutral_captions, device),
-        concepts=[encode_texts(model, tokenizer, c.captions, device) for c in config.policy.concepts],
+        distractors=encode_texts(encode, tokenizer, config.distractors, device) if config.distractors else None,
+        neutral=encode_texts(encode, tokenizer, config.policy.neutral_captions, device),
+        concepts=[encode_texts(encode, tokenizer, c.captions, device) for c in config.policy.concepts],
     )
+
+
+@torch.inference_mode()
+def capture_batch_sizes(
+    encode_image: CudaGraphRunner,
+    encode_text: CudaGraphRunner,
+    tokenizer,
+    preprocessing: ImagePreprocessing,
+    config: VerifierConfig,
+    device: torch.device,
+) -> None:
+    """Capture both encoders' graphs for batches of 1 to min(cuda_graphs, max_batch_size), before serving."""
+    dtype = TORCH_DTYPES[config.precision]
+    for size in range(1, min(config.cuda_graphs, config.max_batch_size) + 1):
+        encode_image(torch.zeros((size, 3, *preprocessing.size), device=device, dtype=dtype))
+        encode_text(tokenizer(["a photo"] * size).to(device))
 
 
 class ClipEngine:
@@ -316,6 +348,8 @@ class ClipEngine:
     def load(cls, config: VerifierConfig) -> "ClipEngine":
         register_tiny_clip_configs()
         device = resolve_device(config.device)
+        if config.cuda_graphs and device.type != "cuda":
+            raise ValueError(f"cuda_graphs: CUDA graphs need a CUDA device; the verifier runs on {device}; set 0")
         models = []
         for seed, spec in enumerate(config.models):
             start = time.perf_counter()
@@ -332,7 +366,13 @@ class ClipEngine:
             model.eval().requires_grad_(False)
             tokenizer = open_clip.get_tokenizer(spec.name)
             references = reference_texts(model, tokenizer, config, device)
-            models.append(LoadedClip(spec, model, ImagePreprocessing.of(model), tokenizer, references))
+            preprocessing = ImagePreprocessing.of(model)
+            encode_image, encode_text = model.encode_image, model.encode_text
+            if config.cuda_graphs:  # eager, a batch-1 ViT-L/14 is launch-bound
+                encode_image = CudaGraphRunner(encode_image, config.cuda_graphs)
+                encode_text = CudaGraphRunner(encode_text, config.cuda_graphs)
+                capture_batch_sizes(encode_image, encode_text, tokenizer, preprocessing, config, device)
+            models.append(LoadedClip(spec, model, preprocessing, tokenizer, references, encode_image, encode_text))
             logger.info("Loaded CLIP %s (%s) in %.1f s", spec.name, pretrained, time.perf_counter() - start)
         return cls(config, models, device)
 
@@ -383,11 +423,10 @@ class ClipEngine:
                     for group_rows, group_pixels in groups:
                         pixels[group_rows] = group_pixels
                 preprocessed[clip.preprocessing] = pixels
-            features = clip.model.encode_image(pixels.to(self.dtype)).float()
+            features = clip.encode_image(pixels.to(self.dtype)).float()
             image_features[clip.config.name] = torch.nn.functional.normalize(features, dim=-1)
-            prompt_features[clip.config.name] = encode_texts(clip.model, clip.tokenizer, unique_prompts, self.device)[
-                rows
-            ]
+            prompts_embedded = encode_texts(clip.encode_text, clip.tokenizer, unique_prompts, self.device)
+            prompt_features[clip.config.name] = prompts_embedded[rows]
         return image_features, prompt_features
 
     def verify(self, batch: list[tuple[np.ndarray, str]], include_embeddings: bool = False) -> list[list[Verification]]:
