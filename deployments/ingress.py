@@ -274,7 +274,7 @@ class Ingress:
         n = request.n
         first_seed = secrets.randbelow(MAX_SEED + 1 - n) if request.seed is None else request.seed
         attempts: list[list[Attempt]] = [[] for _ in range(n)]
-        passed: dict[int, tuple[int, np.ndarray, Verification]] = {}
+        passed: dict[int, tuple[int, bytes, Verification]] = {}  # slot -> seed, PNG, verdict
         pending = list(range(n))
         for attempt in range(1, self.serving.max_attempts + 1):
             # Slot i, attempt a uses seed first_seed + i + (a - 1) * n: reproducible, never repeated in a request.
@@ -287,12 +287,15 @@ class Ingress:
                 else:  # {"stage": "queued"} behind another batch group, or {"step": i, "steps": n}
                     yield {**progress, "stage": "denoising", **event}
             yield {**progress, "stage": "verifying"}
+            # PNGs are encoded while the verifier works: most images pass, so this takes the encoding off the latency.
+            encoding = asyncio.ensure_future(asyncio.to_thread(lambda images=pixels: [encode_png(i) for i in images]))
             verifications = await self.verifier.verify.remote(pixels, request.prompt, request.include_embeddings)
+            pngs = await encoding
             still_failing = []
-            for slot, seed, image, verification in zip(pending, seeds, pixels, verifications, strict=True):
+            for slot, seed, png, verification in zip(pending, seeds, pngs, verifications, strict=True):
                 attempts[slot].append(Attempt.of(seed, verification))
                 if verification.passed:
-                    passed[slot] = (seed, image, verification)
+                    passed[slot] = (seed, png, verification)
                     continue
                 still_failing.append(slot)
                 for reason in verification.reasons:
@@ -305,9 +308,8 @@ class Ingress:
         self.metrics.attempts.observe(max(len(slot) for slot in attempts))
         if pending:
             raise VerificationFailedError(attempts)
-        pngs = await asyncio.to_thread(lambda: [encode_png(passed[slot][1]) for slot in range(n)])
-        for slot, png in enumerate(pngs):
-            seed, _, verification = passed[slot]
+        for slot in range(n):
+            seed, png, verification = passed[slot]
             yield GeneratedImage(png=png, seed=seed, verification=verification, attempts=attempts[slot])
 
     async def _generation(
