@@ -82,10 +82,13 @@ def report(what: str, value: str) -> None:
 
 
 def free_cuda() -> None:
+    """Free a test's engine. Dynamo's caches would keep compiled blocks of every engine of the session
+    (and hit its recompile limit of 8 across tests): a replica has one engine, a test session several."""
     import gc
 
     import torch
 
+    torch._dynamo.reset()
     gc.collect()
     torch.cuda.empty_cache()
 
