@@ -137,6 +137,9 @@ class FluxGenerator:
                     waiting.events.put_nowait(_DONE)
         finally:
             self.in_flight = 0
+            # After the callers have their images: the NVML read is not on their latency.
+            vram_used = replica_autoscaling_stats(0)["vram_used_gb"] * GB
+            self.metrics.vram_used.set(vram_used, tags={"deployment": "FluxGenerator"})
 
     async def _run_group(self, members: list[_Waiting]) -> list[np.ndarray]:
         """One forward pass for compatible jobs; step events go to every member; returns each job's pixels."""
@@ -162,8 +165,6 @@ class FluxGenerator:
         finally:
             self.metrics.latency.observe(time.perf_counter() - start)
             self.metrics.batch.observe(len(seeds))
-            vram_used = replica_autoscaling_stats(self.in_flight)["vram_used_gb"] * GB
-            self.metrics.vram_used.set(vram_used, tags={"deployment": "FluxGenerator"})
         bounds = np.cumsum([0] + [len(job.seeds) for job in jobs])
         return [pixels[a:b] for a, b in itertools.pairwise(bounds)]
 
