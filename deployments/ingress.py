@@ -287,7 +287,7 @@ class Ingress:
                 else:  # {"stage": "queued"} behind another batch group, or {"step": i, "steps": n}
                     yield {**progress, "stage": "denoising", **event}
             yield {**progress, "stage": "verifying"}
-            # PNGs are encoded while the verifier works: most images pass, so this takes the encoding off the latency.
+            # PNGs are encoded while the verifier works: most images pass, so the two overlap in the latency.
             encoding = asyncio.ensure_future(asyncio.to_thread(lambda images=pixels: [encode_png(i) for i in images]))
             verifications = await self.verifier.verify.remote(pixels, request.prompt, request.include_embeddings)
             pngs = await encoding
