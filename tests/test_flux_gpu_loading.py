@@ -34,6 +34,11 @@ def saved_checkpoint(tmp_path_factory) -> Path:
     shutil.rmtree(path, ignore_errors=True)
 
 
+def nf4_from(checkpoint: Path, **options) -> FluxConfig:
+    """An NF4 engine loaded from the saved checkpoint through `from_pretrained`, on the GPU."""
+    return FluxConfig(model=str(checkpoint), offline=True, precision="nf4", device="cuda", **options)
+
+
 def load(config: FluxConfig) -> FluxEngine:
     torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
@@ -48,7 +53,7 @@ def load(config: FluxConfig) -> FluxEngine:
 def test_nf4_loads_through_from_pretrained(saved_checkpoint):
     import bitsandbytes as bnb
 
-    engine = load(FluxConfig(model=str(saved_checkpoint), offline=True, precision="nf4", device="cuda"))
+    engine = load(nf4_from(saved_checkpoint))
     try:
         linears = [m for m in engine.pipe.transformer.modules() if isinstance(m, torch.nn.Linear)]
         quantized = [m for m in linears if isinstance(m, bnb.nn.Linear4bit)]
@@ -64,16 +69,7 @@ def test_nf4_loads_through_from_pretrained(saved_checkpoint):
 
 @pytest.mark.parametrize("double_quant", [False, True], ids=["nf4", "nf4-double-quant"])
 def test_12gb_mode_peak_vram(saved_checkpoint, double_quant):
-    config = FluxConfig(
-        model=str(saved_checkpoint),
-        offline=True,
-        precision="nf4",
-        t5_nf4=True,
-        nf4_double_quant=double_quant,
-        cpu_offload=True,
-        device="cuda",
-    )
-    engine = load(config)
+    engine = load(nf4_from(saved_checkpoint, t5_nf4=True, nf4_double_quant=double_quant, cpu_offload=True))
     try:
         torch.cuda.reset_peak_memory_stats()
         generate(engine, seed=0)
@@ -93,16 +89,13 @@ def test_12gb_mode_peak_vram(saved_checkpoint, double_quant):
 
 def test_12gb_resident_mode_keeps_t5_in_host_memory_and_caches_prompts(saved_checkpoint):
     """configs/gpu-12gb.yaml's arrangement: NF4 transformer resident and graphed, T5 streamed per layer."""
-    config = FluxConfig(
-        model=str(saved_checkpoint),
-        offline=True,
-        precision="nf4",
+    config = nf4_from(
+        saved_checkpoint,
         nf4_double_quant=True,
         t5_offload=True,
         prompt_cache_size=16,
         compile="regional",
         cuda_graphs=2,
-        device="cuda",
     )
     engine = load(config)
     try:
