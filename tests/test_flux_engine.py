@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from deployments.engines.common import ModelFilesMissingError
-from deployments.engines.flux import FluxConfig, FluxEngine, to_uint8_pixels
+from deployments.engines.flux import FluxConfig, FluxEngine, HostEmbedding, to_uint8_pixels
 from deployments.engines.random_models import clip_bpe_tokenizer, t5_standin_tokenizer, tiny_flux_pipeline
 
 TINY = {"random_weights": "tiny", "precision": "fp32", "device": "cpu", "min_side": 64}
@@ -167,6 +167,17 @@ def test_fp8_engine_keeps_block_matmuls_in_float8_and_draws_nearly_the_same_imag
     assert (image - reference).abs().mean() < 0.01 < (reference - reference.mean()).abs().mean()
 
 
+def test_t5_looking_its_tokens_up_in_host_memory_encodes_prompts_the_same():
+    """The 12 GB mode keeps T5's token table off the GPU; the prompt embeddings must not change."""
+    pipe = tiny_flux_pipeline()
+    before, _, _ = pipe.encode_prompt("a red fox", prompt_2=None, device=torch.device("cpu"), max_sequence_length=32)
+    t5 = pipe.text_encoder_2
+    t5.set_input_embeddings(HostEmbedding(t5.get_input_embeddings().weight))
+    after, _, _ = pipe.encode_prompt("a red fox", prompt_2=None, device=torch.device("cpu"), max_sequence_length=32)
+    assert torch.equal(before, after)
+    assert not any("embed" in name or "shared" in name for name, _ in t5.named_parameters())  # nothing to stream
+
+
 def test_repeated_prompts_skip_the_text_encoders_and_draw_the_same_image(flux):
     t5_calls = []
     hook = flux.pipe.text_encoder_2.register_forward_hook(lambda *_: t5_calls.append(1))
@@ -185,7 +196,7 @@ def test_repeated_prompts_skip_the_text_encoders_and_draw_the_same_image(flux):
     ("options", "message"),
     [
         ({"model": "x", "precision": "nf4", "fuse_qkv": True}, "fuse_qkv: NF4 weights are packed"),
-        ({"model": "x", "t5_offload": True, "cpu_offload": True}, "t5_offload streams a bf16 T5"),
+        ({"model": "x", "text_encoder_offload": True, "cpu_offload": True}, "text_encoder_offload streams"),
         ({"model": "x", "cuda_graphs": 4, "cpu_offload": True}, "cuda_graphs: a graph replays fixed weight"),
     ],
 )
