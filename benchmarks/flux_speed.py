@@ -21,8 +21,8 @@ Modes: diffusers-bf16 (baseline), vortex-bf16 (fused QKV, regional compile, CUDA
 prints the step-by-step progression from eager), vortex-fp8, diffusers-nf4 (the original NF4
 approach: NF4 transformer, bf16 T5, eager), vortex-nf4 (plus compile and CUDA graphs),
 diffusers-12gb (NF4 transformer and T5, double quant, model CPU offload) and vortex-12gb (NF4
-transformer resident, text encoders streamed from pinned memory, prompt cache). It prints a table naming the
-card and versions and writes JSON.
+transformer resident, text encoders streamed from pinned memory, prompt cache). It prints a table
+naming the card and versions and writes JSON.
 """
 
 import argparse

@@ -87,7 +87,7 @@ def test_12gb_mode_peak_vram(saved_checkpoint, double_quant):
         free_cuda()
 
 
-def test_12gb_resident_mode_keeps_t5_in_host_memory_and_caches_prompts(saved_checkpoint):
+def test_12gb_resident_mode_keeps_text_encoders_in_host_memory_and_caches_prompts(saved_checkpoint):
     """configs/gpu-12gb.yaml's arrangement: NF4 transformer resident and graphed, text encoders streamed per layer."""
     config = nf4_from(
         saved_checkpoint,
