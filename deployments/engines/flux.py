@@ -286,7 +286,7 @@ def fuse_qkv_projections(transformer: FluxTransformer2DModel) -> None:
 
 def optimize_pipeline(pipe: FluxPipeline, config: FluxConfig) -> None:
     """Apply the speed options of `config` to a loaded pipeline, in place, in the order they compose."""
-    if config.fuse_qkv:  # fp8 fused before quantizing, at load: fusing again is a no-op
+    if config.fuse_qkv and config.precision != "fp8":  # fp8 fused before quantizing, at load
         fuse_qkv_projections(pipe.transformer)
     if config.compile == "regional":
         pipe.transformer.compile_repeated_blocks(fullgraph=True)
