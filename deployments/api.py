@@ -1,50 +1,22 @@
-"""The public API: OpenAI-shaped request and response models, limits, and the typed request error.
+"""What callers and the service exchange: requests, responses, verdicts, the generation job, and errors.
 
-Shared by HTTP callers (FastAPI validates the JSON body against `ImageRequest`) and handle callers
-(who build `ImageRequest` themselves and get `GeneratedImage` objects back).
+Pydantic and the standard library only (`deployments.vram` is standard library). A Ray actor that
+calls the service by handle imports this module, and so does the CPU-only Ingress: neither loads
+torch, diffusers, transformers or open_clip. HTTP callers see the same models as JSON (FastAPI
+validates request bodies against `ImageRequest`).
 """
 
 import base64
 from dataclasses import dataclass
-from typing import Literal
+from enum import StrEnum
+from typing import ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, computed_field, field_validator
 from pydantic_core import PydanticCustomError
 
-from deployments.engines.clip import Verification
+from deployments.vram import GIB
 
-MAX_SEED = 2**32 - 1
-
-
-class VerificationFailedError(RuntimeError):
-    """No attempt produced an image that passed verification; `attempts` holds every verdict."""
-
-    def __init__(self, attempts: list[list["Attempt"]]) -> None:
-        super().__init__(attempts)
-        self.attempts = attempts
-
-    def __str__(self) -> str:
-        tries = max(len(slot) for slot in self.attempts)
-        withheld = any(reason.startswith("content policy") for slot in self.attempts for reason in slot[-1].reasons)
-        why = " (the content policy withheld images)" if withheld else ""
-        return f"no image passed verification after {tries} attempt(s){why}; `attempts` has every verdict"
-
-
-class InvalidRequestError(ValueError):
-    """A request the service refuses; `field` names the offending request field."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(field, message)
-        self.field = field
-        self.message = message
-
-    def __str__(self) -> str:
-        return f"{self.field}: {self.message}"
-
-    @classmethod
-    def from_validation_error(cls, error: ValidationError) -> "InvalidRequestError":
-        first = error.errors()[0]
-        return cls(".".join(str(part) for part in first["loc"]) or "body", first["msg"])
+MAX_SEED = 2**32 - 1  # seeds are 32-bit, for requests and the engine alike
 
 
 class ImageRequest(BaseModel):
@@ -76,72 +48,81 @@ class ImageRequest(BaseModel):
         return prompt.strip()
 
 
-class ImageLimits(BaseModel):
-    """What the service accepts; the `limits:` block of the application args."""
+class RejectionKind(StrEnum):
+    """Why the verifier rejected an image. Metrics and the 422 answer decide by this, never by the wording."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    sizes: list[str] = Field(["256x256", "512x512", "768x768", "1024x1024"], min_length=1)
-    max_images: int = Field(4, ge=1)
-    default_steps: int = Field(4, ge=1)
-    max_steps: int = Field(8, ge=1)
-    max_prompt_chars: int = Field(2000, ge=1)
-    max_prompt_bytes: int = Field(4000, ge=1, description="UTF-8 bytes; a prompt of emoji counts 4 per glyph.")
-    max_body_bytes: int = Field(16_384, ge=1, description="HTTP request body size; larger bodies get 413.")
-
-    def check(self, request: ImageRequest) -> tuple[int, int, int]:
-        """Raise `InvalidRequestError` for what the schema cannot know; return (width, height, steps)."""
-        if request.size not in self.sizes:
-            raise InvalidRequestError("size", f"must be one of {', '.join(self.sizes)}; got {request.size!r}")
-        if request.n > self.max_images:
-            raise InvalidRequestError("n", f"must be at most {self.max_images}; got {request.n}")
-        steps = request.num_inference_steps or self.default_steps
-        if steps > self.max_steps:
-            raise InvalidRequestError("num_inference_steps", f"must be at most {self.max_steps}; got {steps}")
-        if len(request.prompt) > self.max_prompt_chars:
-            raise InvalidRequestError("prompt", f"must be at most {self.max_prompt_chars} characters")
-        if len(request.prompt.encode()) > self.max_prompt_bytes:
-            raise InvalidRequestError("prompt", f"must be at most {self.max_prompt_bytes} bytes in UTF-8")
-        if request.negative_prompt and len(request.negative_prompt.encode()) > self.max_prompt_bytes:
-            raise InvalidRequestError("negative_prompt", f"must be at most {self.max_prompt_bytes} bytes in UTF-8")
-        width, height = (int(side) for side in request.size.split("x"))
-        return width, height, steps
+    PROMPT_MISMATCH = "prompt_mismatch"  # the ensemble score is below `min_ensemble_score`
+    DISTRACTOR = "distractor"  # a distractor caption matches the image better than the prompt
+    CONTENT_POLICY = "content_policy"  # a banned concept is flagged: the image is withheld
 
 
-class AuthConfig(BaseModel):
-    """API keys (bearer tokens). On unless `disabled: true` is written out."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    disabled: bool = False
-    keys_env: str | None = Field("VORTEX_API_KEYS", description="Environment variable with comma-separated keys.")
-    keys_file: str | None = Field(None, description="File with one key per line.")
+class Rejection(BaseModel):
+    kind: RejectionKind
+    reason: str = Field(description="For people: what failed, with the numbers.")
+    concept: str | None = Field(None, description="With content_policy: the flagged concept.")
 
 
-class ServingConfig(BaseModel):
-    """How the ingress serves: the `serving:` block of the application args."""
+class Verdict(BaseModel):
+    """How one generated image fared with the verifier."""
 
-    model_config = ConfigDict(extra="forbid")
+    scores: dict[str, float] = Field(description="Raw image-prompt cosine per CLIP model.")
+    ensemble_score: float = Field(description="Weighted mean of the calibrated scores.")
+    rejections: list[Rejection] = Field(default_factory=list, description="Empty when the image passed.")
 
-    max_attempts: int = Field(3, ge=1, description="Generations per image slot until one passes verification.")
-    request_timeout_s: float = Field(120.0, gt=0, description="A request taking longer fails with 504.")
-    retry_after_s: int = Field(5, ge=1, description="Sent as Retry-After with 503 answers.")
-    auth: AuthConfig = Field(default_factory=AuthConfig)
+    @computed_field
+    @property
+    def passed(self) -> bool:
+        return not self.rejections
+
+    @computed_field
+    @property
+    def reasons(self) -> list[str]:
+        return [rejection.reason for rejection in self.rejections]
 
 
-@dataclass
-class Attempt:
+class Verification(Verdict):
+    """The full verdict on a returned image."""
+
+    calibrated_scores: dict[str, float] = Field(description="Per model: 0 at its threshold, 1 a pair gap above.")
+    distractor_margin: float | None = Field(description="Prompt minus best distractor; null without distractors.")
+    embeddings: dict[str, list[float]] | None = Field(None, description="Unit-norm image embedding per model.")
+
+    @computed_field
+    @property
+    def flagged_concepts(self) -> list[str]:
+        return [r.concept for r in self.rejections if r.kind == RejectionKind.CONTENT_POLICY and r.concept]
+
+
+class Attempt(Verdict):
     """One generation of one image slot and how it fared."""
 
     seed: int
-    passed: bool
-    ensemble_score: float
-    scores: dict[str, float]
-    reasons: list[str]
 
     @classmethod
     def of(cls, seed: int, verification: Verification) -> "Attempt":
-        return cls(seed, verification.passed, verification.ensemble_score, verification.scores, verification.reasons)
+        return cls(
+            seed=seed,
+            scores=verification.scores,
+            ensemble_score=verification.ensemble_score,
+            rejections=verification.rejections,
+        )
+
+
+@dataclass
+class GenerationJob:
+    """One request's share of a generator batch: its images, one per seed."""
+
+    prompt: str
+    seeds: list[int]
+    width: int
+    height: int
+    steps: int
+    negative_prompt: str | None = None
+
+    @property
+    def key(self) -> tuple:
+        """What jobs sharing one forward pass must have in common."""
+        return (self.width, self.height, self.steps, self.negative_prompt)
 
 
 @dataclass
@@ -178,11 +159,100 @@ class ImagesResponse(BaseModel):
 
 class ErrorDetail(BaseModel):
     message: str
-    type: str = "invalid_request_error"
-    param: str | None = Field(description="The request field at fault.")
+    type: str = Field(description="OpenAI-style error type, e.g. invalid_request_error.")
+    param: str | None = Field(None, description="The request field at fault.")
     code: str | None = None
 
 
 class ErrorResponse(BaseModel):
     error: ErrorDetail
     attempts: list[list[Attempt]] | None = Field(None, description="With 422: every attempt for each image slot.")
+
+
+# --- Errors. Handle callers catch these types; HTTP callers get `status_code` and an `ErrorResponse`. ---
+
+
+class VortexError(Exception):
+    """An error the service answers with: `status_code` and `type` are its HTTP status and OpenAI error type."""
+
+    status_code: ClassVar[int] = 500
+    type: ClassVar[str] = "server_error"
+    param: str | None = None
+
+
+class InvalidRequestError(VortexError, ValueError):
+    """A request the service refuses; `field` names the offending request field."""
+
+    status_code = 400
+    type = "invalid_request_error"
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(field, message)
+        self.field = self.param = field
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.message}"
+
+    @classmethod
+    def from_validation_error(cls, error: ValidationError) -> "InvalidRequestError":
+        first = error.errors()[0]
+        return cls(".".join(str(part) for part in first["loc"]) or "body", first["msg"])
+
+
+class VerificationFailedError(VortexError):
+    """No attempt produced an image that passed verification; `attempts` holds every verdict per image slot."""
+
+    status_code = 422
+    type = "verification_failed"
+
+    def __init__(self, attempts: list[list[Attempt]]) -> None:
+        super().__init__(attempts)
+        self.attempts = attempts
+
+    def __str__(self) -> str:
+        tries = max(len(slot) for slot in self.attempts)
+        withheld = any(
+            rejection.kind == RejectionKind.CONTENT_POLICY
+            for slot in self.attempts
+            for rejection in slot[-1].rejections
+        )
+        why = " (the content policy withheld images)" if withheld else ""
+        return f"no image passed verification after {tries} attempt(s){why}; `attempts` has every verdict"
+
+
+class ServiceUnavailableError(VortexError):
+    """Overload or a lost replica: the request was not served; try again later (HTTP adds Retry-After)."""
+
+    status_code = 503
+    type = "service_unavailable"
+
+
+class OutOfGpuMemoryError(ServiceUnavailableError):
+    """CUDA ran out of memory for this request; the replica freed what it could and serves the next one."""
+
+    def __init__(self, stage: str, allocated_bytes: int, total_bytes: int) -> None:
+        super().__init__(stage, allocated_bytes, total_bytes)
+        self.stage = stage
+        self.allocated_bytes = allocated_bytes
+        self.total_bytes = total_bytes
+
+    def __str__(self) -> str:
+        return (
+            f"out of GPU memory during {self.stage} ({self.allocated_bytes / GIB:.2f} GiB allocated of "
+            f"{self.total_bytes / GIB:.2f} GiB): ask for fewer or smaller images, or retry later"
+        )
+
+
+class RequestTimeoutError(VortexError, TimeoutError):
+    """The request took longer than the service's `serving.request_timeout_s`."""
+
+    status_code = 504
+    type = "timeout"
+
+    def __init__(self, timeout_s: float) -> None:
+        super().__init__(timeout_s)
+        self.timeout_s = timeout_s
+
+    def __str__(self) -> str:
+        return f"the request took longer than {self.timeout_s} s"

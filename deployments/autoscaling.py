@@ -8,8 +8,8 @@ controller (about every 0.1 s per deployment) and decide the number of replicas 
    the running plus queued requests Serve averages over `look_back_period_s`, and
    `target_ongoing_requests` comes from the deployment's `autoscaling_config`.
 2. VRAM guard. Each replica needs what the running ones hold (`vram_gb`, `GPU`, `CPU`: they report
-   it with their metrics; `replica_resources` in `policy_kwargs` covers a deployment with none
-   running). Above the current target the policy adds only as many replicas as the nodes' free
+   it with their metrics, from `deployments/replica.py`; `replica_resources` in `policy_kwargs` covers
+   a deployment with none running). Above the current target the policy adds only as many replicas as the nodes' free
    resources can place now, less those already starting, so no replica is left pending forever
    for memory that no node has. Replicas it holds back are logged as a warning in the controller log
    and counted by the gauge `vortex_autoscaler_replicas_blocked`. (A replica that is starting holds
@@ -34,7 +34,8 @@ from collections.abc import Callable
 
 from ray.serve.config import AutoscalingContext
 
-from deployments.vram import VRAM_RESOURCE, replica_vram_stats
+from deployments.observability import autoscaler_blocked_gauge
+from deployments.vram import VRAM_RESOURCE
 
 logger = logging.getLogger("ray.serve")
 
@@ -43,18 +44,6 @@ RESOURCE_METRIC_PREFIX = "resource_"  # replicas report e.g. resource_vram_gb, r
 STATE_KEY = "vram_guard"
 
 NodeResources = Callable[[], list[dict[str, float]]]
-
-
-def replica_autoscaling_stats(queue_length: int) -> dict[str, float]:
-    """A replica's metrics for the policies (`record_autoscaling_stats`): VRAM, resources held, queue."""
-    import ray
-
-    context = ray.get_runtime_context()
-    held = context.get_assigned_resources()
-    stats = replica_vram_stats(context.get_accelerator_ids().get("GPU", []))
-    stats.update({RESOURCE_METRIC_PREFIX + name: float(held.get(name, 0.0)) for name in GUARDED_RESOURCES})
-    stats["queue_length"] = float(queue_length)
-    return stats
 
 
 def free_resources_per_node() -> list[dict[str, float]]:
@@ -71,8 +60,8 @@ def replica_vram_summary(ctx: AutoscalingContext) -> str:
     reserved = metrics.get("torch_reserved_gb", {})
     return (
         "; ".join(
-            f"{replica.unique_id} GPU {used[replica]:.1f}/{total.get(replica, 0.0):.1f} GB, "
-            f"torch reserved {reserved.get(replica, 0.0):.1f} GB"
+            f"{replica.unique_id} GPU {used[replica]:.1f}/{total.get(replica, 0.0):.1f} GiB, "
+            f"torch reserved {reserved.get(replica, 0.0):.1f} GiB"
             for replica in ctx.running_replicas
             if replica in used
         )
@@ -96,7 +85,6 @@ class VramAwarePolicy:
     ) -> None:
         self.replica_resources = replica_resources
         self.node_resources = node_resources or free_resources_per_node
-        self._gauge = None
 
     def __call__(self, ctx: AutoscalingContext) -> tuple[int, dict]:
         return self.decide(ctx)
@@ -155,15 +143,7 @@ class VramAwarePolicy:
             )
         elif not blocked:
             logger.info("VRAM guard: %s is no longer held back.", ctx.deployment_name)
-        if self._gauge is None:
-            from ray.util.metrics import Gauge
-
-            self._gauge = Gauge(
-                "vortex_autoscaler_replicas_blocked",
-                description="Replicas the load asks for but no node has the VRAM/GPU to place.",
-                tag_keys=("deployment",),
-            )
-        self._gauge.set(blocked, tags={"deployment": ctx.deployment_name})
+        autoscaler_blocked_gauge().set(blocked, tags={"deployment": ctx.deployment_name})
 
 
 class VortexAppPolicy:

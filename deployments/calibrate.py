@@ -19,7 +19,8 @@ import torch
 import yaml
 from PIL import Image
 
-from deployments.engines.clip import Calibration, ClipEngine, VerifierConfig
+from deployments.config import Calibration, VerifierConfig
+from deployments.engines.clip import ClipEngine
 
 BATCH = 32
 

@@ -13,45 +13,15 @@ its batches held 2.3 requests on average while requests waited 2 s in the replic
 import asyncio
 import contextvars
 import itertools
-import time
-from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
-from deployments.autoscaling import replica_autoscaling_stats
-from deployments.engines.flux import FluxConfig, FluxEngine, to_uint8_pixels
-from deployments.observability import generator_metrics, send_engine_logs_to_serve
-from deployments.vram import GB
-
-
-class BatchingConfig(BaseModel):
-    """The `batching:` block of the application args."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    max_batch_size: int = Field(4, ge=1, description="Requests per batch; 1 serves each request alone.")
-    batch_wait_timeout_s: float = Field(0.01, ge=0, description="How long the first request waits for company.")
-
-
-@dataclass
-class GenerationJob:
-    """One request's share of a batch: its images, one per seed."""
-
-    prompt: str
-    seeds: list[int]
-    width: int
-    height: int
-    steps: int
-    negative_prompt: str | None = None
-
-    @property
-    def key(self) -> tuple:
-        """What jobs sharing one forward pass must have in common."""
-        return (self.width, self.height, self.steps, self.negative_prompt)
+from deployments.api import GenerationJob
+from deployments.config import BatchLimits, FluxConfig
+from deployments.replica import BatchingReplica
 
 
 @dataclass
@@ -66,18 +36,18 @@ class _Waiting:
 _DONE = object()  # the last item of a job's event queue
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 1}, max_ongoing_requests=8)
-class FluxGenerator:
-    def __init__(self, config: FluxConfig, batching: BatchingConfig | None = None) -> None:
-        send_engine_logs_to_serve()
-        self.batching = batching or BatchingConfig()
+@serve.deployment(ray_actor_options={"num_cpus": 1}, max_ongoing_requests=8, max_queued_requests=16)
+class FluxGenerator(BatchingReplica):
+    def __init__(self, config: FluxConfig, batching: BatchLimits) -> None:
+        # The engine (torch, diffusers) is imported here, in the replica: building the application does not load it.
+        from deployments.engines.flux import FluxEngine
+
+        super().__init__()
+        self.batching = batching
         # Compile and capture CUDA graphs for every batch size a batch of one-image requests can have.
-        self.engine = FluxEngine.load(config, warmup_batch_sizes=range(1, self.batching.max_batch_size + 1))
+        self.engine = FluxEngine.load(config, warmup_batch_sizes=range(1, batching.max_batch_size + 1))
         self.waiting: asyncio.Queue[_Waiting] = asyncio.Queue()
         self.batcher: asyncio.Task | None = None
-        self.in_flight = 0  # requests in the batch being generated
-        self.requests_per_batch: Counter[int] = Counter()
-        self.metrics = generator_metrics()
 
     async def generate_stream(self, job: GenerationJob) -> AsyncIterator[dict | np.ndarray]:
         """{"stage": "queued"} while another group of the batch runs, {"step": i, "steps": n} after each
@@ -120,36 +90,29 @@ class FluxGenerator:
         for waiting in batch:
             by_key.setdefault(waiting.job.key, []).append(waiting)
         groups = list(by_key.values())
-        self.in_flight = len(batch)
-        self.requests_per_batch[len(batch)] += 1
-        try:
-            for index, members in enumerate(groups):
-                for later in itertools.chain.from_iterable(groups[index + 1 :]):
-                    later.events.put_nowait({"stage": "queued"})
-                try:
-                    pixels = await self._run_group(members)
-                except Exception as error:  # each caller gets the error (OOM, bad input), the replica goes on
-                    for waiting in members:
-                        waiting.events.put_nowait(error)
-                    continue
-                for waiting, images in zip(members, pixels, strict=True):
-                    waiting.events.put_nowait(images)
-                    waiting.events.put_nowait(_DONE)
-        finally:
-            self.in_flight = 0
-            # After the callers have their images: the NVML read is not on their latency.
-            vram_used = replica_autoscaling_stats(0)["vram_used_gb"] * GB
-            self.metrics.vram_used.set(vram_used, tags={"deployment": "FluxGenerator"})
+        for index, members in enumerate(groups):
+            for later in itertools.chain.from_iterable(groups[index + 1 :]):
+                later.events.put_nowait({"stage": "queued"})
+            try:
+                pixels = await self._run_group(members)
+            except Exception as error:  # each caller gets the error (OOM, bad input), the replica goes on
+                for waiting in members:
+                    waiting.events.put_nowait(error)
+                continue
+            for waiting, images in zip(members, pixels, strict=True):
+                waiting.events.put_nowait(images)
+                waiting.events.put_nowait(_DONE)
 
     async def _run_group(self, members: list[_Waiting]) -> list[np.ndarray]:
         """One forward pass for compatible jobs; step events go to every member; returns each job's pixels."""
+        from deployments.engines.flux import to_uint8_pixels
+
         loop = asyncio.get_running_loop()
         jobs = [waiting.job for waiting in members]
         first = jobs[0]
         prompts = [job.prompt for job in jobs for _ in job.seeds]
         seeds = [seed for job in jobs for seed in job.seeds]
-        start = time.perf_counter()
-        try:
+        with self.recording_batch(requests=len(jobs), images=len(seeds)):
             images = await asyncio.to_thread(
                 self.engine.generate,
                 prompts,
@@ -162,19 +125,8 @@ class FluxGenerator:
             )
             # The device-to-host copy waits for the GPU: off the event loop, which streams other callers' events.
             pixels = await asyncio.to_thread(to_uint8_pixels, images)
-        finally:
-            self.metrics.latency.observe(time.perf_counter() - start)
-            self.metrics.batch.observe(len(seeds))
         bounds = np.cumsum([0] + [len(job.seeds) for job in jobs])
         return [pixels[a:b] for a, b in itertools.pairwise(bounds)]
-
-    def batch_histogram(self) -> dict[int, int]:
-        """How many batches held each number of requests, since the replica started."""
-        return dict(self.requests_per_batch)
-
-    def record_autoscaling_stats(self) -> dict[str, float]:
-        """VRAM, held resources and queue for `deployments.autoscaling` (only with autoscaling_config)."""
-        return replica_autoscaling_stats(self.in_flight)
 
 
 def _send(members: list[_Waiting], event: dict) -> None:

@@ -1,16 +1,14 @@
 """Logs and Prometheus metrics, through Ray's own logging and metrics systems.
 
 Metrics (Ray exports them on each node's metrics endpoint, prefixed `ray_`):
-  vortex_request_latency_seconds{status}        end-to-end latency of POST /v1/images/generations
-  vortex_attempts_per_request                   generations needed by the slowest image of a request
-  vortex_rejections_total{reason}               failed verifications: prompt_mismatch, distractor, content_policy
-  vortex_withheld_total{concept}                images the content policy flagged
-  vortex_generation_latency_seconds             one generator call (all its images)
-  vortex_generator_batch_images                 images per generator call
-  vortex_verification_latency_seconds           one verifier batch
-  vortex_verifier_batch_requests                requests per verifier batch
-  vortex_replica_vram_used_bytes{deployment}    NVML memory in use on the replica's GPUs
-  vortex_autoscaler_replicas_blocked{deployment}  (deployments.autoscaling) replicas no node can place
+  vortex_request_latency_seconds{status}           end-to-end latency of an image request (HTTP or handle)
+  vortex_attempts_per_request                      generations needed by the slowest image of a request
+  vortex_rejections_total{reason}                  failed verifications: prompt_mismatch, distractor, content_policy
+  vortex_withheld_total{concept}                   images the content policy flagged
+  vortex_batch_latency_seconds{deployment}         one batch: a generator forward pass, or a verifier batch
+  vortex_batch_images{deployment}                  images per batch
+  vortex_replica_vram_used_bytes{deployment}       NVML memory in use on the replica's GPUs, after each batch
+  vortex_autoscaler_replicas_blocked{deployment}   (deployments.autoscaling) replicas no node can place
 """
 
 import logging
@@ -53,8 +51,8 @@ class ServiceMetrics:
 
 @dataclass
 class ReplicaMetrics:
-    latency: Histogram
-    batch: Histogram
+    batch_latency: Histogram
+    batch_images: Histogram
     vram_used: Gauge
 
 
@@ -71,23 +69,20 @@ def service_metrics() -> ServiceMetrics:
 
 
 @cache
-def generator_metrics() -> ReplicaMetrics:
+def replica_metrics() -> ReplicaMetrics:
     return ReplicaMetrics(
-        latency=Histogram("vortex_generation_latency_seconds", "One generator call.", LATENCY_BUCKETS),
-        batch=Histogram("vortex_generator_batch_images", "Images per generator call.", COUNT_BUCKETS),
-        vram_used=_vram_gauge(),
+        batch_latency=Histogram(
+            "vortex_batch_latency_seconds", "One batch of a GPU deployment.", LATENCY_BUCKETS, ("deployment",)
+        ),
+        batch_images=Histogram("vortex_batch_images", "Images per batch.", COUNT_BUCKETS, ("deployment",)),
+        vram_used=Gauge("vortex_replica_vram_used_bytes", "NVML memory in use on the replica's GPUs.", ("deployment",)),
     )
 
 
 @cache
-def verifier_metrics() -> ReplicaMetrics:
-    return ReplicaMetrics(
-        latency=Histogram("vortex_verification_latency_seconds", "One verifier batch.", LATENCY_BUCKETS),
-        batch=Histogram("vortex_verifier_batch_requests", "Requests per verifier batch.", COUNT_BUCKETS),
-        vram_used=_vram_gauge(),
+def autoscaler_blocked_gauge() -> Gauge:
+    return Gauge(
+        "vortex_autoscaler_replicas_blocked",
+        description="Replicas the load asks for but no node has the VRAM/GPU to place.",
+        tag_keys=("deployment",),
     )
-
-
-@cache
-def _vram_gauge() -> Gauge:
-    return Gauge("vortex_replica_vram_used_bytes", "NVML memory in use on the replica's GPUs.", ("deployment",))

@@ -8,6 +8,13 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 BASE_URL = "http://127.0.0.1:8000"
+CONFIGS = [
+    "serve_config.yaml",
+    "configs/local.yaml",
+    "configs/gpu-12gb.yaml",
+    "configs/gpu-80gb.yaml",
+    "configs/cluster.yaml",
+]
 
 # Ray's token authentication writes ~/.ray/auth_token on a plain ray.init(); tests need none of it.
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -32,6 +39,15 @@ def local_app_config() -> dict:
     return load_yaml("configs/local.yaml")["applications"][0]
 
 
+def deployment_entry(app: dict, name: str) -> dict:
+    """The `deployments:` entry of `name` in an application's config, added if the config has none."""
+    entries = app.setdefault("deployments", [])
+    entry = next((entry for entry in entries if entry["name"] == name), None)
+    if entry is None:
+        entries.append(entry := {"name": name})
+    return entry
+
+
 def wait_for_http(url: str, timeout_s: float) -> None:
     import time
 
@@ -54,7 +70,8 @@ def local_service():
     import ray
     from ray import serve
 
-    from deployments.app import AppArgs, build_app
+    from deployments.app import build_app
+    from deployments.config import AppArgs
 
     config = local_app_config()
     ray.init(address="local", num_cpus=4, include_dashboard=False)  # logical CPUs: room for a second, stricter app

@@ -58,7 +58,7 @@ ROOMY = nodes({"vram_gb": 640.0, "GPU": 8.0, "CPU": 64.0})
 
 def test_replicas_that_fit_counts_node_by_node():
     assert replicas_that_fit(NF4_GENERATOR, [{"vram_gb": 40, "GPU": 1, "CPU": 8}]) == 2
-    # 30 GB free on each of two nodes: one replica each, not 60 // 16 = 3 across them.
+    # 30 GiB free on each of two nodes: one replica each, not 60 // 16 = 3 across them.
     assert replicas_that_fit(NF4_GENERATOR, [{"vram_gb": 30, "GPU": 1, "CPU": 8}] * 2) == 2
     assert replicas_that_fit(NF4_GENERATOR, [{"vram_gb": 80, "GPU": 1, "CPU": 0.5}]) == 0
 
@@ -88,7 +88,7 @@ def test_vram_pressure_adds_only_the_replicas_that_fit_and_says_so(caplog):
     policy = VramAwarePolicy(node_resources=nodes({"vram_gb": 20.0, "GPU": 1.0, "CPU": 8.0}))
     with caplog.at_level(logging.WARNING, logger="ray.serve"):
         decision, state = policy(context(requests=8.0))
-    assert decision == 2  # wanted 4; 20 GB free holds one more 16 GB replica
+    assert decision == 2  # wanted 4; 20 GiB free holds one more 16 GiB replica
     assert state["vram_guard"]["blocked"] == 2
     assert "VRAM guard: FluxGenerator wants 2 more replica(s)" in caplog.text
     caplog.clear()

@@ -8,8 +8,10 @@ import open_clip
 import pytest
 import torch
 
+from deployments.config import FluxConfig
 from deployments.engines.common import ModelFilesMissingError
-from deployments.engines.flux import FluxConfig, FluxEngine, HostEmbedding, to_uint8_pixels
+from deployments.engines.flux import FluxEngine, to_uint8_pixels
+from deployments.engines.flux_loading import HostEmbedding
 from deployments.engines.random_models import clip_bpe_tokenizer, t5_standin_tokenizer, tiny_flux_pipeline
 
 TINY = {"random_weights": "tiny", "precision": "fp32", "device": "cpu", "min_side": 64}

@@ -9,7 +9,10 @@ import pytest
 import torch
 
 from conftest import PROMPT, SIDE, free_cuda, generate, report
-from deployments.engines.flux import GIB, FluxConfig, FluxEngine, FluxOutOfMemoryError
+from deployments.api import OutOfGpuMemoryError
+from deployments.config import FluxConfig
+from deployments.engines.flux import FluxEngine
+from deployments.vram import GIB
 
 pytestmark = pytest.mark.gpu
 
@@ -69,7 +72,7 @@ def test_no_vram_growth_over_ten_generations(bf16_engine):
 def test_out_of_memory_is_a_typed_error_and_the_engine_recovers(bf16_engine):
     free, total = torch.cuda.mem_get_info()
     filler = torch.empty(free - 2 * GIB, dtype=torch.uint8, device="cuda")  # leave 2 GiB
-    with pytest.raises(FluxOutOfMemoryError, match="CUDA out of memory during generation") as error:
+    with pytest.raises(OutOfGpuMemoryError, match="out of GPU memory during generation") as error:
         bf16_engine.generate(PROMPT, seeds=list(range(8)), width=1024, height=1024)
     assert error.value.total_bytes == total and error.value.allocated_bytes > 0
     report("OOM error message", str(error.value))

@@ -7,7 +7,10 @@ import pytest
 import torch
 
 from conftest import PROMPT, SIDE, free_cuda, generate, report
-from deployments.engines.flux import GIB, FluxConfig, FluxEngine, optimize_pipeline
+from deployments.config import FluxConfig
+from deployments.engines.flux import FluxEngine
+from deployments.engines.flux_speedups import optimize_pipeline
+from deployments.vram import GIB
 
 pytestmark = pytest.mark.gpu
 

@@ -266,7 +266,8 @@ def strict_service(local_service):
     from ray import serve
 
     from conftest import local_app_config
-    from deployments.app import AppArgs, build_app
+    from deployments.app import build_app
+    from deployments.config import AppArgs
 
     args = local_app_config()["args"]
     args["verifier"]["policy"] = {"concepts": [{"name": "everything", "captions": ["anything"], "threshold": -2.0}]}
@@ -323,3 +324,21 @@ def test_handle_callers_can_stream_the_same_events(local_service):
     events = ray.get(HandleCaller.remote().stream.remote(ImageRequest(prompt="a windmill", size="256x256", seed=3)))
     assert events[:4] == ["denoising 1/4", "denoising 2/4", "denoising 3/4", "denoising 4/4"]
     assert events[4:] == ["verifying", "image seed 3"]
+
+
+def replica_process_maps(deployment: str) -> str:
+    """The shared libraries mapped into the local service's replica process of `deployment` (Linux)."""
+    import psutil
+
+    title = f"ServeReplica:vortex:{deployment}"
+    pids = [p.pid for p in psutil.process_iter(["cmdline"]) if title in " ".join(p.info["cmdline"] or [])]
+    assert len(pids) == 1, (title, pids)
+    with open(f"/proc/{pids[0]}/maps") as maps:
+        return maps.read()
+
+
+def test_the_ingress_process_runs_without_the_model_stack(local_service):
+    """The CPU-only Ingress never imports an engine: torch's library is not even loaded in its process."""
+    assert post(local_service, {"prompt": "a lighthouse", "size": "256x256"}).status_code == 200
+    assert "libtorch" in replica_process_maps("FluxGenerator")  # the check can see torch where it is
+    assert "libtorch" not in replica_process_maps("Ingress")

@@ -37,8 +37,8 @@ def faulty_generator_class():
     from deployments.generator import FluxGenerator
 
     class FaultyGenerator(FluxGenerator.func_or_class):
-        def __init__(self, config) -> None:
-            super().__init__(config)
+        def __init__(self, config, batching) -> None:
+            super().__init__(config, batching)
 
             def inject(module, args, kwargs):
                 hidden = kwargs["hidden_states"]
@@ -59,7 +59,7 @@ def service(tmp_path_factory):
     import ray
     from ray import serve
 
-    from deployments.app import AppArgs
+    from deployments.config import AppArgs
     from deployments.ingress import Ingress
     from deployments.verifier import ClipVerifier
 
@@ -72,8 +72,9 @@ def service(tmp_path_factory):
     metrics_port = free_port()
     ray.init(address="local", num_cpus=4, include_dashboard=False, _metrics_export_port=metrics_port)
     try:
-        generator = faulty_generator_class().bind(config.flux)
-        app = Ingress.bind(generator, ClipVerifier.bind(config.verifier), config.limits, config.serving)
+        generator = faulty_generator_class().bind(config.flux, config.batching.generator)
+        verifier = ClipVerifier.bind(config.verifier, config.batching.verifier)
+        app = Ingress.bind(generator, verifier, config.limits, config.serving)
         serve.run(app, name="vortex", route_prefix="/")
         yield metrics_port
     finally:
@@ -147,7 +148,7 @@ def test_overload_answers_503_with_retry_after_quickly(service):
 
 def test_metrics_reach_prometheus(service):
     post(SMALL)
-    wanted = ["ray_vortex_request_latency_seconds", "ray_vortex_generation_latency_seconds", "ray_vortex_attempts"]
+    wanted = ["ray_vortex_request_latency_seconds", "ray_vortex_batch_latency_seconds", "ray_vortex_attempts"]
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         text = requests.get(f"http://127.0.0.1:{service}/metrics", timeout=10).text
@@ -156,6 +157,7 @@ def test_metrics_reach_prometheus(service):
         time.sleep(2)
     assert all(name in text for name in wanted), [name for name in wanted if name not in text]
     assert 'status="503"' in text and 'status="200"' in text
+    assert 'deployment="FluxGenerator"' in text and 'deployment="ClipVerifier"' in text
 
 
 def test_client_saves_the_image_and_reports_errors(service, tmp_path):

@@ -15,18 +15,10 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from conftest import REPO
+from deployments.api import RejectionKind
 from deployments.calibrate import best_threshold, calibration_from_scores
-from deployments.engines.clip import (
-    Calibration,
-    ClipEngine,
-    ClipModelConfig,
-    ConceptConfig,
-    ImagePreprocessing,
-    PolicyConfig,
-    ReferenceTexts,
-    VerifierConfig,
-    decide,
-)
+from deployments.config import Calibration, ClipModelConfig, ConceptConfig, PolicyConfig, VerifierConfig
+from deployments.engines.clip import ClipEngine, ImagePreprocessing, ReferenceTexts, decide
 from deployments.engines.common import ModelFilesMissingError
 
 # Realistic CLIP numbers: matching pairs around 0.25-0.35, unrelated around 0.1-0.2.
@@ -53,7 +45,7 @@ def config(models=None, **overrides) -> VerifierConfig:
         ClipModelConfig(name="b32", pretrained=None, calibration=B32),
         ClipModelConfig(name="l14", pretrained=None, calibration=L14),
     ]
-    return VerifierConfig(models=models, **{"distractors": [], **overrides})
+    return VerifierConfig(models=models, **{"distractors": [], "policy": PolicyConfig(concepts=[]), **overrides})
 
 
 def references(distractors=None, neutral=None, concepts=()) -> ReferenceTexts:
@@ -92,6 +84,7 @@ def test_an_unrelated_image_fails_with_the_scores_in_the_reason():
     verdict = verdict_for(config(), with_cosine(PROMPT, 0.14, axis=1))
     assert not verdict.passed
     assert verdict.ensemble_score < 0
+    assert [rejection.kind for rejection in verdict.rejections] == [RejectionKind.PROMPT_MISMATCH]
     assert "b32: cosine 0.140 vs threshold 0.220" in verdict.reasons[0]
 
 
@@ -114,6 +107,7 @@ def test_the_prompt_must_outscore_distractor_captions():
     verdict = verdict_for(cfg, image, references(distractors=[noise, unit(0, 0, 1)]))
     assert not verdict.passed
     assert verdict.distractor_margin < 0
+    assert verdict.rejections[-1].kind == RejectionKind.DISTRACTOR
     assert "'random noise' matches the image better than the prompt" in verdict.reasons[-1]
     clear = verdict_for(cfg, with_cosine(PROMPT, 0.31, axis=3), references(distractors=[noise, unit(0, 0, 1)]))
     assert clear.passed and clear.distractor_margin > 0
@@ -133,7 +127,8 @@ def test_content_policy_flags_per_concept_thresholds_relative_to_neutral_caption
     image = unit(0.6, 0, 0, 0.35, 0.25)
     verdict = verdict_for(config(policy=policy), image, refs)
     assert verdict.flagged_concepts == ["violence"] and not verdict.passed
-    assert any(reason.startswith("content policy: violence") for reason in verdict.reasons)
+    assert [(r.kind, r.concept) for r in verdict.rejections] == [(RejectionKind.CONTENT_POLICY, "violence")]
+    assert verdict.reasons[0].startswith("content policy: violence")
     safe = verdict_for(config(policy=policy), unit(0.6, 0, 0, 0.05, 0.05, 0.2), refs)
     assert safe.flagged_concepts == []
 
@@ -161,7 +156,9 @@ TINY_MODELS = [
 
 
 def tiny_config(**overrides) -> VerifierConfig:
-    return VerifierConfig.model_validate({"models": TINY_MODELS, "device": "cpu", **overrides})
+    return VerifierConfig.model_validate(
+        {"models": TINY_MODELS, "device": "cpu", "policy": {"concepts": []}, **overrides}
+    )
 
 
 @pytest.fixture(scope="module")

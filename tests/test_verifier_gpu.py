@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 
 from conftest import free_cuda
-from deployments.engines.clip import ClipEngine, VerifierConfig
+from deployments.config import ACCEPT_ALL, VerifierConfig
+from deployments.engines.clip import ClipEngine
 
 pytestmark = pytest.mark.gpu
 
-ACCEPT_ALL = {"threshold": -1.0, "matched_mean": 0.1, "mismatched_mean": 0.0}
 MODELS = [
     {"name": "ViT-B-32-quickgelu", "pretrained": None, "calibration": ACCEPT_ALL},
     {"name": "ViT-L-14-quickgelu", "pretrained": None, "calibration": ACCEPT_ALL},
@@ -21,7 +21,8 @@ def test_graphed_encoders_give_the_eager_scores_for_captured_and_uncaptured_batc
     large = [(rng.integers(0, 256, (2, 512, 512, 3), dtype=np.uint8), f"prompt {i}") for i in range(3)]  # 6 images
     scores = {}
     for graphs in (0, 4):
-        engine = ClipEngine.load(VerifierConfig(models=MODELS, precision="fp16", device="cuda", cuda_graphs=graphs))
+        config = VerifierConfig(models=MODELS, precision="fp16", device="cuda", cuda_graphs=graphs)
+        engine = ClipEngine.load(config, max_batch_size=16)
         scores[graphs] = [v.scores for batch in (small, large) for request in engine.verify(batch) for v in request]
         if graphs:  # batches of 1-4 captured at load; 6 images run eagerly
             assert [len(clip.encode_image) for clip in engine.models] == [4, 4]

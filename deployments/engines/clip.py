@@ -19,118 +19,27 @@ An image passes when 1 and 2 hold and 3 flags nothing.
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import open_clip
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
-from deployments.engines.common import TORCH_DTYPES, ModelFilesMissingError, resolve_device
+from deployments.api import Rejection, RejectionKind, Verification
+from deployments.config import ClipModelConfig, VerifierConfig
+from deployments.engines.common import TORCH_DTYPES, ModelFilesMissingError, out_of_memory, resolve_device
 from deployments.engines.cuda_graphs import CudaGraphRunner
-from deployments.engines.random_models import register_tiny_clip_configs
 
 logger = logging.getLogger(__name__)
 
-
-class Calibration(BaseModel):
-    """One model's score statistics on an operator's own images; written by `python -m deployments.calibrate`."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    threshold: float = Field(description="Raw cosine separating matched from mismatched pairs best.")
-    matched_mean: float
-    mismatched_mean: float
-    matched_std: float = Field(0.0, ge=0)
-    mismatched_std: float = Field(0.0, ge=0)
-    pairs: int | None = Field(None, description="Image/prompt pairs the statistics came from.")
-
-    @model_validator(mode="after")
-    def _matched_above_mismatched(self) -> "Calibration":
-        if self.matched_mean <= self.mismatched_mean:
-            raise ValueError("matched_mean must be above mismatched_mean: this model cannot tell them apart")
-        return self
-
-    def calibrated(self, cosine: float) -> float:
-        return (cosine - self.threshold) / (self.matched_mean - self.mismatched_mean)
-
-
-class ClipModelConfig(BaseModel):
-    """One CLIP model of the ensemble."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    name: str = Field(description="open_clip model name; OpenAI weights need the -quickgelu names.")
-    pretrained: str | None = Field(
-        description="Weight tag (e.g. 'openai') or local checkpoint path; null builds random weights."
-    )
-    calibration: Calibration | None = Field(
-        None, description="Needed to serve; `python -m deployments.calibrate` measures and writes it."
-    )
-    weight: float = Field(1.0, gt=0, description="Weight in the ensemble.")
-
-
-class ConceptConfig(BaseModel):
-    """A banned concept, described by one or more captions."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    name: str
-    captions: list[str] = Field(min_length=1)
-    threshold: float = Field(description="Flag at or above this margin over the best neutral caption.")
-
-
-class PolicyConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    neutral_captions: list[str] = Field(
-        ["a photo", "an illustration", "a painting", "a landscape", "an object", "a person"], min_length=1
-    )
-    concepts: list[ConceptConfig] = []
-
-
-class VerifierConfig(BaseModel):
-    """The `verifier:` block of the application args."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    models: list[ClipModelConfig] = Field(min_length=1)
-    min_ensemble_score: float = Field(0.0, description="Ensemble of calibrated scores an image must reach.")
-    distractors: list[str] = Field(
-        ["random noise", "a blank image", "text on a plain background", "a blurry photo"],
-        description="Captions the prompt must outscore; empty disables the relative check.",
-    )
-    policy: PolicyConfig = Field(default_factory=PolicyConfig)
-    cache_dir: str | None = None
-    offline: bool = Field(False, description="Never download CLIP weights; fail at start if they are not cached.")
-    precision: Literal["fp32", "fp16", "bf16"] = Field("fp32", description="fp16 on GPUs: half the memory.")
-    device: str = "auto"
-    max_batch_size: int = Field(16, ge=1, description="Images verified together by the deployment.")
-    batch_wait_timeout_s: float = Field(0.01, ge=0)
-    cuda_graphs: int = Field(
-        0,
-        ge=0,
-        description="Replay each model's image and prompt encoders as CUDA graphs, captured for up to this many "
-        "batch sizes each (sizes 1 to min(cuda_graphs, max_batch_size) at start); 0 turns them off.",
-    )
-
-
-@dataclass
-class Verification:
-    """How one image fared: per-model and ensemble scores, the decision, and why."""
-
-    scores: dict[str, float]  # raw cosine per model
-    calibrated_scores: dict[str, float]
-    ensemble_score: float
-    distractor_margin: float | None  # prompt minus best distractor; None when no distractors are set
-    flagged_concepts: list[str]
-    passed: bool
-    reasons: list[str]
-    embeddings: dict[str, list[float]] | None = None  # unit-norm image embedding per model, on request
+# Random-weight open_clip models for the CPU profile and tests: `tiny-clip-a`, `tiny-clip-b`.
+TINY_CLIP_CONFIGS = Path(__file__).with_name("tiny_clip_configs")
+OUT_OF_MEMORY_ADVICE = "Give the verifier more of the GPU (`num_gpus`, `vram_gb`) or lower batching.verifier."
 
 
 @dataclass
@@ -176,32 +85,31 @@ def decide(
         scores = {model.name: float(cosines[model.name][i]) for model in config.models}
         calibrated = {model.name: model.calibration.calibrated(scores[model.name]) for model in config.models}
         ensemble_score = sum(weights[name] * value for name, value in calibrated.items()) / total
-        reasons = []
+        rejections = []
         if ensemble_score < config.min_ensemble_score:
             detail = ", ".join(
                 f"{model.name}: cosine {scores[model.name]:.3f} vs threshold {model.calibration.threshold:.3f}"
                 for model in config.models
             )
-            reasons.append(f"ensemble score {ensemble_score:.2f} below {config.min_ensemble_score:.2f} ({detail})")
+            reason = f"ensemble score {ensemble_score:.2f} below {config.min_ensemble_score:.2f} ({detail})"
+            rejections.append(Rejection(kind=RejectionKind.PROMPT_MISMATCH, reason=reason))
         margin = None if margins is None else float(margins[i])
         if margin is not None and margin <= 0:
             per_caption = ensemble({name: distractor_cosines[name][i] for name in weights})
             caption = config.distractors[int(per_caption.argmax())]
-            reasons.append(f"the distractor caption '{caption}' matches the image better than the prompt")
-        flagged = []
+            reason = f"the distractor caption '{caption}' matches the image better than the prompt"
+            rejections.append(Rejection(kind=RejectionKind.DISTRACTOR, reason=reason))
         for concept, score in zip(config.policy.concepts, concept_scores, strict=True):
             if float(score[i]) >= concept.threshold:
-                flagged.append(concept.name)
-                reasons.append(f"content policy: {concept.name} ({float(score[i]):.3f} >= {concept.threshold:.3f})")
+                reason = f"content policy: {concept.name} ({float(score[i]):.3f} >= {concept.threshold:.3f})"
+                rejections.append(Rejection(kind=RejectionKind.CONTENT_POLICY, reason=reason, concept=concept.name))
         verdicts.append(
             Verification(
                 scores=scores,
                 calibrated_scores=calibrated,
                 ensemble_score=ensemble_score,
                 distractor_margin=margin,
-                flagged_concepts=flagged,
-                passed=not reasons,
-                reasons=reasons,
+                rejections=rejections,
             )
         )
     return verdicts
@@ -320,36 +228,32 @@ def reference_texts(model: torch.nn.Module, tokenizer, config: VerifierConfig, d
 
 
 @torch.inference_mode()
-def capture_batch_sizes(
-    encode_image: CudaGraphRunner,
-    encode_text: CudaGraphRunner,
-    tokenizer,
-    preprocessing: ImagePreprocessing,
-    config: VerifierConfig,
-    device: torch.device,
-) -> None:
-    """Capture both encoders' graphs for batches of 1 to min(cuda_graphs, max_batch_size), before serving."""
-    dtype = TORCH_DTYPES[config.precision]
-    for size in range(1, min(config.cuda_graphs, config.max_batch_size) + 1):
-        encode_image(torch.zeros((size, 3, *preprocessing.size), device=device, dtype=dtype))
-        encode_text(tokenizer(["a photo"] * size).to(device))
+def capture_batch_sizes(clip: LoadedClip, batch_sizes: Sequence[int], dtype: torch.dtype, device: torch.device) -> None:
+    """Capture both encoders' graphs for these batch sizes, before serving."""
+    for size in batch_sizes:
+        clip.encode_image(torch.zeros((size, 3, *clip.preprocessing.size), device=device, dtype=dtype))
+        clip.encode_text(clip.tokenizer(["a photo"] * size).to(device))
 
 
 class ClipEngine:
     """Embeds images and prompts with every configured CLIP model and decides with `decide`."""
 
-    def __init__(self, config: VerifierConfig, models: list[LoadedClip], device: torch.device) -> None:
+    def __init__(self, config: VerifierConfig, models: list[LoadedClip], device: torch.device, precision: str) -> None:
         self.config = config
         self.models = models
         self.device = device
-        self.dtype = TORCH_DTYPES[config.precision]  # open_clip keeps LayerNorm and logit_scale in fp32
+        self.dtype = TORCH_DTYPES[precision]  # open_clip keeps LayerNorm and logit_scale in fp32
 
     @classmethod
-    def load(cls, config: VerifierConfig) -> "ClipEngine":
-        register_tiny_clip_configs()
+    def load(cls, config: VerifierConfig, max_batch_size: int = 1) -> "ClipEngine":
+        """Load every model; with `cuda_graphs`, capture batches of 1 to min(cuda_graphs, max_batch_size) images."""
+        open_clip.add_model_config(TINY_CLIP_CONFIGS)
         device = resolve_device(config.device)
         if config.cuda_graphs and device.type != "cuda":
             raise ValueError(f"cuda_graphs: CUDA graphs need a CUDA device; the verifier runs on {device}; set 0")
+        precision = config.precision
+        if precision == "auto":
+            precision = "fp16" if device.type == "cuda" else "fp32"
         models = []
         for seed, spec in enumerate(config.models):
             start = time.perf_counter()
@@ -359,7 +263,7 @@ class ClipEngine:
                 model = open_clip.create_model(
                     spec.name,
                     pretrained=pretrained,
-                    precision=config.precision,
+                    precision=precision,
                     device=device,
                     cache_dir=config.cache_dir,
                 )
@@ -367,14 +271,17 @@ class ClipEngine:
             tokenizer = open_clip.get_tokenizer(spec.name)
             references = reference_texts(model, tokenizer, config, device)
             preprocessing = ImagePreprocessing.of(model)
-            encode_image, encode_text = model.encode_image, model.encode_text
+            clip = LoadedClip(spec, model, preprocessing, tokenizer, references, model.encode_image, model.encode_text)
             if config.cuda_graphs:  # eager, a batch-1 ViT-L/14 is launch-bound
-                encode_image = CudaGraphRunner(encode_image, config.cuda_graphs)
-                encode_text = CudaGraphRunner(encode_text, config.cuda_graphs)
-                capture_batch_sizes(encode_image, encode_text, tokenizer, preprocessing, config, device)
-            models.append(LoadedClip(spec, model, preprocessing, tokenizer, references, encode_image, encode_text))
-            logger.info("Loaded CLIP %s (%s) in %.1f s", spec.name, pretrained, time.perf_counter() - start)
-        return cls(config, models, device)
+                clip.encode_image = CudaGraphRunner(model.encode_image, config.cuda_graphs)
+                clip.encode_text = CudaGraphRunner(model.encode_text, config.cuda_graphs)
+                sizes = range(1, min(config.cuda_graphs, max_batch_size) + 1)
+                capture_batch_sizes(clip, sizes, TORCH_DTYPES[precision], device)
+            models.append(clip)
+            logger.info(
+                "Loaded CLIP %s (%s, %s) in %.1f s", spec.name, pretrained, precision, time.perf_counter() - start
+            )
+        return cls(config, models, device, precision)
 
     def reconfigure(self, config: VerifierConfig) -> None:
         """Take new decision settings (calibration, weights, distractors, policy) without reloading models."""
@@ -430,13 +337,23 @@ class ClipEngine:
         return image_features, prompt_features
 
     def verify(self, batch: list[tuple[np.ndarray, str]], include_embeddings: bool = False) -> list[list[Verification]]:
-        """Verdicts for several requests at once: each is (uint8 images [N, H, W, 3], prompt)."""
-        image_features, prompt_features = self.embed(batch)
+        """Verdicts for several requests at once: each is (uint8 images [N, H, W, 3], prompt).
+
+        Raises `ValueError` for malformed images and `OutOfGpuMemoryError` when CUDA runs out.
+        """
+        features = None
+        try:
+            features = self.embed(batch)
+        except torch.cuda.OutOfMemoryError:
+            pass  # leave the handler first: its traceback pins the tensors we need to free
+        if features is None:
+            raise out_of_memory("verification", self.device, OUT_OF_MEMORY_ADVICE)
+        image_features, prompt_features = features
         references = {clip.config.name: clip.references for clip in self.models}
         verdicts = decide(self.config, image_features, prompt_features, references)
         if include_embeddings:
             for i, verdict in enumerate(verdicts):
-                verdict.embeddings = {name: features[i].tolist() for name, features in image_features.items()}
+                verdict.embeddings = {name: rows[i].tolist() for name, rows in image_features.items()}
         grouped, start = [], 0
         for images, _ in batch:
             grouped.append(verdicts[start : start + len(images)])

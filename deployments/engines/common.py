@@ -1,6 +1,13 @@
-"""What both engines need: precision names, device choice, and the error for model files that are not there."""
+"""What both engines need: precision names, device choice, and the errors for missing files and GPU memory."""
+
+import gc
+import logging
 
 import torch
+
+from deployments.api import OutOfGpuMemoryError
+
+logger = logging.getLogger(__name__)
 
 TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -14,3 +21,20 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
+
+
+def out_of_memory(stage: str, device: torch.device, advice: str) -> OutOfGpuMemoryError:
+    """Free what a failed step left behind, log the GPU's state with `advice` for operators, and describe it.
+
+    Call it after leaving the `except torch.cuda.OutOfMemoryError` block: the handler's traceback pins
+    the tensors that need freeing.
+    """
+    gc.collect()
+    allocated = total = 0
+    if device.type == "cuda":  # on a CPU engine, CUDA OOM only comes from an offloaded or injected fault
+        torch.cuda.empty_cache()
+        _, total = torch.cuda.mem_get_info(device)
+        allocated = torch.cuda.memory_allocated(device)
+    error = OutOfGpuMemoryError(stage, allocated, total)
+    logger.warning("%s. %s", error, advice)
+    return error

@@ -12,14 +12,12 @@ from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
 
-import open_clip
 import torch
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
 from open_clip.tokenizer import bytes_to_unicode, default_bpe
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, T5Config, T5EncoderModel, T5Tokenizer
 
 FLUX_SCHNELL_CONFIGS = Path(__file__).with_name("flux_schnell")  # the published FLUX.1-schnell configs
-TINY_CLIP_CONFIGS = Path(__file__).with_name("tiny_clip_configs")
 # Laid out as open_clip's SimpleTokenizer: 256 byte symbols, their </w> twins, the merges, 2 specials.
 CLIP_NUM_MERGES = 49152 - 256 - 2
 CLIP_MAX_TOKENS = 77
@@ -164,7 +162,7 @@ def full_size_flux_pipeline(
 ) -> FluxPipeline:
     """The full FLUX.1-schnell architecture from its published configs, initialised on `device` in `dtype`.
 
-    About 17 B parameters (transformer 11.9 B, T5 4.8 B): 33 GB in bf16. Build it on a GPU.
+    About 17 B parameters (transformer 11.9 B, T5 4.8 B): 32 GiB in bf16. Build it on a GPU.
     """
     with _seeded_init(seed, device, dtype):
         transformer = FluxTransformer2DModel.from_config(
@@ -177,11 +175,6 @@ def full_size_flux_pipeline(
         FlowMatchEulerDiscreteScheduler.load_config(FLUX_SCHNELL_CONFIGS / "scheduler")
     )
     return _assemble(transformer, vae, text_encoder, text_encoder_2, scheduler)
-
-
-def register_tiny_clip_configs() -> None:
-    """Make `tiny-clip-a` and `tiny-clip-b` (random-weight open_clip models) known to open_clip by name."""
-    open_clip.add_model_config(TINY_CLIP_CONFIGS)
 
 
 def main() -> None:

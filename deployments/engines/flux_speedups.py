@@ -1,0 +1,42 @@
+"""Speed setups for a loaded FLUX pipeline: fused QKV projections, regional compilation, CUDA graphs.
+
+They change how the pipeline runs, not what it computes (`tests/test_flux_gpu_fast.py` checks the
+images). fp8 is applied while loading (`flux_loading.quantize_fp8`), since it replaces the weights.
+"""
+
+from diffusers import FluxPipeline, FluxTransformer2DModel
+
+from deployments.config import FluxConfig
+from deployments.engines.cuda_graphs import CudaGraphRunner
+
+
+def optimize_pipeline(pipe: FluxPipeline, config: FluxConfig) -> None:
+    """Apply the speed options of `config` to a loaded pipeline, in place, in the order they compose."""
+    if config.fuse_qkv and config.precision != "fp8":  # fp8 fused before quantizing, at load
+        fuse_qkv_projections(pipe.transformer)
+    if config.compile == "regional":
+        pipe.transformer.compile_repeated_blocks(fullgraph=True)
+        # The decoder is one region, compiled for one shape: images are decoded one at a time (once compiled,
+        # as fast as a whole batch on an H100), so a new batch size does not compile it again.
+        pipe.vae.enable_slicing()
+        pipe.vae.decoder.compile(fullgraph=True, dynamic=False)
+    if config.cuda_graphs:
+        pipe.transformer.forward = CudaGraphRunner(pipe.transformer.forward, config.cuda_graphs)
+        if not config.text_encoder_offload:  # streamed weights cannot be replayed from fixed addresses
+            pipe.text_encoder.forward = CudaGraphRunner(pipe.text_encoder.forward, config.cuda_graphs)
+            pipe.text_encoder_2.forward = CudaGraphRunner(pipe.text_encoder_2.forward, config.cuda_graphs)
+        pipe.vae.decode = CudaGraphRunner(pipe.vae.decode, config.cuda_graphs)
+
+
+def fuse_qkv_projections(transformer: FluxTransformer2DModel) -> None:
+    """One GEMM for Q, K and V (and for the text stream's Q, K, V) in every attention layer.
+
+    diffusers keeps the unfused layers beside the fused ones (4 GiB in bf16); they are dropped here,
+    so the transformer cannot be unfused afterwards.
+    """
+    transformer.fuse_qkv_projections()
+    for module in transformer.modules():
+        if getattr(module, "fused_projections", False):
+            for name in ("to_q", "to_k", "to_v", "add_q_proj", "add_k_proj", "add_v_proj"):
+                if getattr(module, name, None) is not None:
+                    delattr(module, name)

@@ -1,0 +1,60 @@
+"""What both GPU deployments record about their batches, written once: in-flight requests, batch sizes,
+latency and VRAM (Prometheus), and the metrics the VRAM-aware autoscaler reads.
+"""
+
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from deployments.autoscaling import GUARDED_RESOURCES, RESOURCE_METRIC_PREFIX
+from deployments.observability import replica_metrics, send_engine_logs_to_serve
+from deployments.vram import gpu_memory, replica_vram_stats
+
+
+class BatchingReplica:
+    """Base of the generator and verifier deployments: wrap each batch in `with self.recording_batch(...)`.
+
+    Serve calls `record_autoscaling_stats` (when the deployment has an `autoscaling_config`); tests and
+    benchmarks call `batch_histogram` through a handle.
+    """
+
+    def __init__(self) -> None:
+        import ray
+
+        send_engine_logs_to_serve()
+        self.deployment = type(self).__name__
+        # Ray's ids (indices or UUIDs) of the replica's GPUs: NVML ignores CUDA_VISIBLE_DEVICES.
+        self.gpu_ids = ray.get_runtime_context().get_accelerator_ids().get("GPU", [])
+        self.metrics = replica_metrics()
+        self.in_flight = 0  # requests in the batch being run
+        self.requests_per_batch: Counter[int] = Counter()
+
+    @contextmanager
+    def recording_batch(self, requests: int, images: int) -> Iterator[None]:
+        tags = {"deployment": self.deployment}
+        self.in_flight = requests
+        self.requests_per_batch[requests] += 1
+        self.metrics.batch_images.observe(images, tags=tags)
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.in_flight = 0
+            self.metrics.batch_latency.observe(time.perf_counter() - start, tags=tags)
+            self.metrics.vram_used.set(gpu_memory(self.gpu_ids)[0], tags=tags)
+
+    def batch_histogram(self) -> dict[int, int]:
+        """How many batches held each number of requests, since the replica started."""
+        return dict(self.requests_per_batch)
+
+    def record_autoscaling_stats(self) -> dict[str, float]:
+        """VRAM, held resources and queue for `deployments.autoscaling` (only with autoscaling_config)."""
+        import ray
+
+        held = ray.get_runtime_context().get_assigned_resources()
+        return {
+            **replica_vram_stats(self.gpu_ids),
+            **{RESOURCE_METRIC_PREFIX + name: float(held.get(name, 0.0)) for name in GUARDED_RESOURCES},
+            "queue_length": float(self.in_flight),
+        }

@@ -1,0 +1,163 @@
+"""Serving one image request, for HTTP and handle callers alike: generate, verify, generate again with a
+new seed for every image that failed (up to `serving.max_attempts`), encode PNGs.
+
+No HTTP here: `ingress.py` routes to this and turns its typed errors (`deployments.api`) into answers.
+"""
+
+import asyncio
+import io
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+from pydantic import ValidationError
+from ray.exceptions import RayActorError, RayTaskError
+from ray.serve.exceptions import BackPressureError
+from ray.serve.handle import DeploymentHandle
+
+from deployments.api import (
+    MAX_SEED,
+    Attempt,
+    GeneratedImage,
+    GenerationJob,
+    ImageRequest,
+    InvalidRequestError,
+    RejectionKind,
+    RequestTimeoutError,
+    ServiceUnavailableError,
+    Verification,
+    VerificationFailedError,
+    VortexError,
+)
+from deployments.config import ImageLimits, ServingConfig
+from deployments.observability import request_id, service_metrics
+
+logger = logging.getLogger("ray.serve")
+
+Event = dict | GeneratedImage  # progress dicts (`vortex.progress`), then each image
+
+
+@dataclass
+class AcceptedRequest:
+    """A request that passed every check, with what the checks worked out."""
+
+    request: ImageRequest
+    width: int
+    height: int
+    steps: int
+
+
+def encode_png(pixels: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG", compress_level=1)  # 4x faster than the default 6
+    return buffer.getvalue()
+
+
+@contextmanager
+def ray_failures_as_unavailable(deployment: str) -> Iterator[None]:
+    """A call to another deployment: its overload and lost replicas become `ServiceUnavailableError`, and the
+    service's own errors raised in its replica (out of GPU memory) reach the caller as themselves."""
+    try:
+        yield
+    except BackPressureError:
+        raise ServiceUnavailableError(f"the service is at capacity ({deployment}); retry later") from None
+    except RayActorError:
+        logger.warning("a %s replica died while serving request %s", deployment, request_id())
+        raise ServiceUnavailableError(f"a {deployment} replica failed while serving this request; retry") from None
+    except RayTaskError as error:
+        if isinstance(error.cause, VortexError):
+            raise error.cause from None
+        raise
+
+
+class ImageService:
+    def __init__(
+        self, generator: DeploymentHandle, verifier: DeploymentHandle, limits: ImageLimits, serving: ServingConfig
+    ) -> None:
+        self.generator = generator
+        self.verifier = verifier
+        self.limits = limits
+        self.serving = serving
+        self.metrics = service_metrics()
+
+    def accept(self, request: ImageRequest | dict) -> AcceptedRequest:
+        """Validate `request` (a dict from handle callers too); raise `InvalidRequestError` naming the field."""
+        if isinstance(request, dict):
+            try:
+                request = ImageRequest.model_validate(request)
+            except ValidationError as exc:
+                raise InvalidRequestError.from_validation_error(exc) from None
+        return AcceptedRequest(request, *self.limits.check(request))
+
+    async def generate(self, accepted: AcceptedRequest) -> AsyncIterator[Event]:
+        """Progress events as the work goes, then each verified image; the one place request latency is recorded.
+
+        Raises `VerificationFailedError`, `ServiceUnavailableError` (and its `OutOfGpuMemoryError`) or
+        `RequestTimeoutError`.
+        """
+        start = time.perf_counter()
+        status = 200
+        try:
+            async with asyncio.timeout(self.serving.request_timeout_s):
+                async for event in self._attempts(accepted):
+                    yield event
+        except TimeoutError:
+            status = RequestTimeoutError.status_code
+            raise RequestTimeoutError(self.serving.request_timeout_s) from None
+        except VortexError as error:
+            status = error.status_code
+            raise
+        finally:
+            self.metrics.request_latency.observe(time.perf_counter() - start, tags={"status": str(status)})
+
+    async def _attempts(self, accepted: AcceptedRequest) -> AsyncIterator[Event]:
+        request, n = accepted.request, accepted.request.n
+        first_seed = secrets.randbelow(MAX_SEED + 1 - n) if request.seed is None else request.seed
+        attempts: list[list[Attempt]] = [[] for _ in range(n)]
+        passed: dict[int, tuple[int, bytes, Verification]] = {}  # slot -> seed, PNG, verdict
+        pending = list(range(n))
+        for attempt in range(1, self.serving.max_attempts + 1):
+            # Slot i, attempt a uses seed first_seed + i + (a - 1) * n: reproducible, never repeated in a request.
+            seeds = [(first_seed + slot + (attempt - 1) * n) % (MAX_SEED + 1) for slot in pending]
+            progress = {"type": "vortex.progress", "attempt": attempt, "images": pending}
+            job = GenerationJob(
+                request.prompt, seeds, accepted.width, accepted.height, accepted.steps, request.negative_prompt
+            )
+            pixels = None
+            with ray_failures_as_unavailable("FluxGenerator"):
+                async for event in self.generator.options(stream=True).generate_stream.remote(job):
+                    if isinstance(event, np.ndarray):
+                        pixels = event
+                    else:  # {"stage": "queued"} behind another batch group, or {"step": i, "steps": n}
+                        yield {**progress, "stage": "denoising", **event}
+            yield {**progress, "stage": "verifying"}
+            # PNGs are encoded while the verifier works: most images pass, so the two overlap in the latency.
+            encoding = asyncio.ensure_future(asyncio.to_thread(lambda images=pixels: [encode_png(i) for i in images]))
+            with ray_failures_as_unavailable("ClipVerifier"):
+                verifications = await self.verifier.verify.remote(pixels, request.prompt, request.include_embeddings)
+            pngs = await encoding
+            still_failing = []
+            for slot, seed, png, verification in zip(pending, seeds, pngs, verifications, strict=True):
+                attempts[slot].append(Attempt.of(seed, verification))
+                if verification.passed:
+                    passed[slot] = (seed, png, verification)
+                    continue
+                still_failing.append(slot)
+                for rejection in verification.rejections:
+                    self.metrics.rejections.inc(tags={"reason": rejection.kind.value})
+                    if rejection.kind == RejectionKind.CONTENT_POLICY:
+                        self.metrics.withheld.inc(tags={"concept": rejection.concept})
+            pending = still_failing
+            if not pending:
+                break
+        self.metrics.attempts.observe(max(len(slot) for slot in attempts))
+        if pending:
+            raise VerificationFailedError(attempts)
+        for slot in range(n):
+            seed, png, verification = passed[slot]
+            yield GeneratedImage(png=png, seed=seed, verification=verification, attempts=attempts[slot])
