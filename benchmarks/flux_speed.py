@@ -1,8 +1,9 @@
 """Flux engine speed and memory against plain diffusers, on one card, in one run.
 
-    python benchmarks/flux_speed.py                                   # every mode (about 10 minutes on an H100)
-    python benchmarks/flux_speed.py --modes vortex-bf16 diffusers-nf4 vortex-nf4 --out a.json
-    python benchmarks/flux_speed.py --model /path/to/FLUX.1-schnell   # real weights instead of random ones
+    python -m benchmarks.flux_speed                                   # every mode (about 10 minutes on an H100)
+    python -m benchmarks.flux_speed --modes vortex-bf16 diffusers-nf4 vortex-nf4 --out a.json
+    python -m benchmarks.flux_speed --model /path/to/FLUX.1-schnell   # real weights instead of random ones
+    python -m benchmarks.flux_speed --rehearse                        # CPU, tiny models: the script still runs
 
 At 512x512, 4 steps, guidance 0, T5 length 256 it measures, per mode: load time, warm-up time
 (compilation and CUDA graph capture, done at replica start in the service), batch-1 latency
@@ -22,11 +23,13 @@ prints the step-by-step progression from eager), vortex-fp8, diffusers-nf4 (the 
 approach: NF4 transformer, bf16 T5, eager), vortex-nf4 (plus compile and CUDA graphs),
 diffusers-12gb (NF4 transformer and T5, double quant, model CPU offload) and vortex-12gb (NF4
 transformer resident, text encoders streamed from pinned memory, prompt cache). It prints a table
-naming the card and versions and writes JSON.
+naming the card and versions and writes JSON. `--rehearse` runs the modes a CPU can (bf16 and fp8
+with fused QKV, no compile or CUDA graphs) on tiny models at 128x128: its numbers mean nothing.
 """
 
 import argparse
 import gc
+import itertools
 import json
 import statistics
 import subprocess
@@ -34,18 +37,28 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
-from deployments.engines.flux import (
-    FluxConfig,
-    FluxEngine,
-    load_flux_pipeline,
-    optimize_pipeline,
+from benchmarks.common import (
+    REPO,
+    SIDE,
+    STEPS,
+    T5_TOKENS,
+    card_name,
+    diffusers_runner,
+    percentile,
+    prompt,
+    timed,
+    versions,
 )
+from deployments.config import FluxConfig
+from deployments.vram import GIB
 
-PROMPT = "a lighthouse on a cliff at dusk, oil painting, highly detailed"
-SIDE, STEPS, T5_TOKENS = 512, 4, 256
+if TYPE_CHECKING:  # the parent process runs no model: the engines load in each mode's process
+    from deployments.engines.flux import FluxEngine
+
 BATCHES = (1, 2, 4, 8)
 CHECKPOINT = Path("/dev/shm/vortex-flux-random")
 FAST = {"fuse_qkv": True, "compile": "regional", "cuda_graphs": 8}
@@ -65,35 +78,20 @@ MODES: dict[str, dict] = {
         "cuda_graphs": 2,
     },
 }
+BUILT_IN_MEMORY = ("diffusers-bf16", "vortex-bf16", "vortex-fp8")  # the others load the saved checkpoint
 LOW_MEMORY = ("diffusers-12gb", "vortex-12gb")  # batch 1 only: their point is the memory cap
-GIB = 2**30
+# The CPU rehearsal: tiny models in fp32 (bf16 matmuls are slow on CPUs), no compile or CUDA graphs.
+REHEARSAL = {"modes": BUILT_IN_MEMORY, "side": 128, "batches": (1, 2), "drop": ("compile", "cuda_graphs")}
 
 
 class Prompts:
     """A new prompt for every image, so that no mode is timed on cached prompt embeddings."""
 
     def __init__(self) -> None:
-        self.count = 0
+        self.counter = itertools.count()
 
     def take(self, n: int) -> list[str]:
-        self.count += n
-        return [f"{PROMPT}, variation {self.count - i}" for i in range(n)]
-
-
-def timed(call: Callable[[], object], iterations: int) -> list[float]:
-    seconds = []
-    for _ in range(iterations):
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        call()
-        torch.cuda.synchronize()
-        seconds.append(time.perf_counter() - start)
-    return seconds
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+        return [prompt(next(self.counter)) for _ in range(n)]
 
 
 def measure(run: Callable[[list[str], list[int]], torch.Tensor], iterations: int, batches: tuple[int, ...]) -> dict:
@@ -109,81 +107,91 @@ def measure(run: Callable[[list[str], list[int]], torch.Tensor], iterations: int
     return result
 
 
-def diffusers_runner(pipe) -> Callable[[list[str], list[int]], torch.Tensor]:
-    """Plain `FluxPipeline.__call__`, as its documentation shows it."""
-
+def engine_runner(engine: "FluxEngine", side: int) -> Callable[[list[str], list[int]], torch.Tensor]:
     def run(prompts: list[str], seeds: list[int]) -> torch.Tensor:
-        return pipe(
-            prompts,
-            generator=[torch.Generator("cpu").manual_seed(seed) for seed in seeds],
-            width=SIDE,
-            height=SIDE,
-            num_inference_steps=STEPS,
-            guidance_scale=0.0,
-            max_sequence_length=T5_TOKENS,
-            output_type="pt",
-        ).images
+        return engine.generate(prompts, seeds=seeds, width=side, height=side, steps=STEPS)
 
     return run
 
 
-def engine_runner(engine: FluxEngine) -> Callable[[list[str], list[int]], torch.Tensor]:
-    def run(prompts: list[str], seeds: list[int]) -> torch.Tensor:
-        return engine.generate(prompts, seeds=seeds, width=SIDE, height=SIDE, steps=STEPS)
-
-    return run
-
-
-def vae_decode_ms(pipe, iterations: int = 5) -> float:
-    latents = torch.randn(1, 16, SIDE // 8, SIDE // 8, device="cuda", dtype=pipe.vae.dtype)
+def vae_decode_ms(pipe, side: int, iterations: int = 5) -> float:
+    channels = pipe.vae.config.latent_channels
+    latents = torch.randn(1, channels, side // 8, side // 8, device=pipe.vae.device, dtype=pipe.vae.dtype)
     with torch.inference_mode():
         pipe.vae.decode(latents)
         return 1000 * statistics.median(timed(lambda: pipe.vae.decode(latents), iterations))
 
 
-def run_mode(mode: str, model: str | None, iterations: int, save_checkpoint: bool) -> dict:
-    """One mode, in this process. Writes its seed-0 image for the cross-mode check."""
+def memory_gib(kind: str) -> float:
+    """torch's peak `allocated` or `reserved` CUDA memory since the last reset; 0 on the CPU."""
+    if not torch.cuda.is_available():
+        return 0.0
+    return getattr(torch.cuda, f"max_memory_{kind}")() / GIB
+
+
+def reset_peak_memory() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+
+
+def mode_config(mode: str, model: str | None, rehearse: bool) -> tuple[FluxConfig, dict]:
+    """The engine config a mode runs, and its settings as the table reports them."""
     settings = MODES[mode]
+    if rehearse:
+        settings = {key: value for key, value in settings.items() if key not in REHEARSAL["drop"]}
+        if settings["precision"] == "bf16":
+            settings["precision"] = "fp32"
+        side = REHEARSAL["side"]  # the engine warms up at the allowed side nearest 512
+        return FluxConfig(random_weights="tiny", device="cpu", min_side=side, max_side=side, **settings), settings
     source = {"model": model} if model else {"random_weights": "full"}
-    if mode not in ("diffusers-bf16", "vortex-bf16", "vortex-fp8"):
+    if mode not in BUILT_IN_MEMORY:
         source = {"model": model or str(CHECKPOINT), "offline": True}
-    config = FluxConfig(**source, device="cuda", **settings)
-    result: dict = {"mode": mode, "config": settings, "card": torch.cuda.get_device_name(), "versions": versions()}
-    batches = (1,) if mode in LOW_MEMORY else BATCHES
-    torch.cuda.reset_peak_memory_stats()
+    return FluxConfig(**source, device="cuda", **settings), settings
+
+
+def run_mode(mode: str, model: str | None, iterations: int, save_checkpoint: bool, rehearse: bool) -> dict:
+    """One mode, in this process. Writes its seed-0 image for the cross-mode check."""
+    from deployments.engines.flux import FluxEngine
+    from deployments.engines.flux_loading import load_flux_pipeline
+
+    config, settings = mode_config(mode, model, rehearse)
+    side = REHEARSAL["side"] if rehearse else SIDE
+    result: dict = {"mode": mode, "config": settings, "card": card_name(), "versions": versions(), "side": side}
+    batches = (1,) if mode in LOW_MEMORY else REHEARSAL["batches"] if rehearse else BATCHES
+    reset_peak_memory()
     start = time.perf_counter()
 
     if mode.startswith("diffusers"):
-        pipe = load_flux_pipeline(config, torch.device("cuda"))
+        pipe = load_flux_pipeline(config, torch.device(config.device))
         pipe.set_progress_bar_config(disable=True)
         result["load_s"] = time.perf_counter() - start
-        run = diffusers_runner(pipe)
+        run = diffusers_runner(pipe, side)
         start = time.perf_counter()
         run(["warm-up"], [0])  # cuBLAS and cuDNN initialisation
         result["warmup_s"] = time.perf_counter() - start
         if mode == "diffusers-bf16" and not model:
-            result["vae_decode_ms"] = vae_decode_ms(pipe)
+            result["vae_decode_ms"] = vae_decode_ms(pipe, side)
     elif mode == "vortex-bf16":
-        result.update(progression(config, iterations))
+        result.update(progression(config, iterations, side, batches))
         engine = result.pop("engine")
-        run = engine_runner(engine)
+        run = engine_runner(engine, side)
     else:
         engine = FluxEngine.load(config, warmup_batch_sizes=())
         result["load_s"] = time.perf_counter() - start
         start = time.perf_counter()
         engine.warm_up(batches)  # what the replica does before it serves
         result["warmup_s"] = time.perf_counter() - start
-        run = engine_runner(engine)
+        run = engine_runner(engine, side)
 
-    result["load_peak_allocated_gib"] = torch.cuda.max_memory_allocated() / GIB
-    torch.cuda.reset_peak_memory_stats()  # from here on: serving
+    result["load_peak_allocated_gib"] = memory_gib("allocated")
+    reset_peak_memory()  # from here on: serving
     result["image_seed0"] = str(CHECKPOINT.with_name(f"vortex-image-{mode}.pt"))
-    torch.save(run([PROMPT], [0]).float().cpu(), result["image_seed0"])
+    torch.save(run([prompt(0)], [0]).float().cpu(), result["image_seed0"])
     result.update(measure(run, iterations if mode not in LOW_MEMORY else max(3, iterations // 2), batches))
     if mode == "vortex-12gb":
-        result["p50_repeated_prompt"] = statistics.median(timed(lambda: run([PROMPT], [1]), 3))
-    result["peak_allocated_gib"] = torch.cuda.max_memory_allocated() / GIB
-    result["peak_reserved_gib"] = torch.cuda.max_memory_reserved() / GIB
+        result["p50_repeated_prompt"] = statistics.median(timed(lambda: run([prompt(0)], [1]), 3))
+    result["peak_allocated_gib"] = memory_gib("allocated")
+    result["peak_reserved_gib"] = memory_gib("reserved")
     if save_checkpoint:
         start = time.perf_counter()
         pipe.save_pretrained(CHECKPOINT, safe_serialization=True)
@@ -191,13 +199,16 @@ def run_mode(mode: str, model: str | None, iterations: int, save_checkpoint: boo
     return result
 
 
-def progression(config: FluxConfig, iterations: int) -> dict:
+def progression(config: FluxConfig, iterations: int, side: int, batches: tuple[int, ...]) -> dict:
     """Our bf16 engine with one optimisation added at a time, batch-1 P50 after each."""
+    from deployments.engines.flux import FluxEngine
+    from deployments.engines.flux_speedups import optimize_pipeline
+
     start = time.perf_counter()
     plain = config.model_copy(update={"fuse_qkv": False, "compile": "none", "cuda_graphs": 0})
     engine = FluxEngine.load(plain)
     result: dict = {"load_s": time.perf_counter() - start, "progression": {}}
-    run = engine_runner(engine)
+    run = engine_runner(engine, side)
     prompts = Prompts()
     run(prompts.take(1), [0])
 
@@ -205,17 +216,17 @@ def progression(config: FluxConfig, iterations: int) -> dict:
         return statistics.median(timed(lambda: run(prompts.take(1), [0]), max(3, iterations // 2)))
 
     result["progression"]["eager: our engine without speed options"] = p50()
-    steps = [
-        ("+ fused QKV", {"fuse_qkv": True}),
-        ("+ regional torch.compile", {"compile": "regional"}),
-        ("+ CUDA graphs", {"cuda_graphs": config.cuda_graphs}),
-    ]
+    steps = [("+ fused QKV", {"fuse_qkv": True})]
+    if config.compile != "none":
+        steps.append(("+ regional torch.compile", {"compile": config.compile}))
+    if config.cuda_graphs:
+        steps.append(("+ CUDA graphs", {"cuda_graphs": config.cuda_graphs}))
     warmup_s = 0.0
     for label, option in steps:
-        optimize_pipeline(engine.pipe, FluxConfig(random_weights="full", device="cuda", **option))
+        optimize_pipeline(engine.pipe, FluxConfig(**option))  # adds just this option
         engine.config = engine.config.model_copy(update=option)
         start = time.perf_counter()
-        engine.warm_up([1] if label != "+ CUDA graphs" else BATCHES)
+        engine.warm_up([1] if label != "+ CUDA graphs" else batches)
         warmup_s += time.perf_counter() - start
         result["progression"][label] = p50()
     result["warmup_s"] = warmup_s
@@ -223,23 +234,11 @@ def progression(config: FluxConfig, iterations: int) -> dict:
     return result
 
 
-def versions() -> dict:
-    import diffusers
-
-    found = {"torch": torch.__version__, "diffusers": diffusers.__version__}
-    try:
-        import bitsandbytes
-
-        found["bitsandbytes"] = bitsandbytes.__version__
-    except ImportError:
-        found["bitsandbytes"] = None
-    return found
-
-
 def print_table(card: str, results: list[dict], found: dict) -> None:
     baseline = next(r for r in results if r["mode"] == "diffusers-bf16" and "p50" in r)
     reference = torch.load(baseline["image_seed0"])
-    print(f"\nFLUX.1-schnell, {SIDE}x{SIDE}, {STEPS} steps, guidance 0, T5 {T5_TOKENS}; card: {card}; {found}\n")
+    side = baseline["side"]
+    print(f"\nFLUX.1-schnell, {side}x{side}, {STEPS} steps, guidance 0, T5 {T5_TOKENS}; card: {card}; {found}\n")
     rates = "".join(f"{'img/s b' + str(b):>10}" for b in BATCHES)
     print(
         f"{'mode':<16}{'load s':>8}{'warm s':>8}{'P50 s':>8}{'P90 s':>8}{'P99 s':>8}{rates}"
@@ -288,35 +287,40 @@ def print_table(card: str, results: list[dict], found: dict) -> None:
             for label, seconds in row["progression"].items():
                 print(f"  {label:<52}{seconds:.3f} s")
         if "vae_decode_ms" in row:
-            print(f"  {row['mode']}: VAE decode at {SIDE}x{SIDE}, batch 1, eager: {row['vae_decode_ms']:.1f} ms")
+            print(f"  {row['mode']}: VAE decode at {side}x{side}, batch 1, eager: {row['vae_decode_ms']:.1f} ms")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--modes", nargs="+", choices=list(MODES)[1:], default=list(MODES)[1:])
+    parser.add_argument("--modes", nargs="+", choices=list(MODES)[1:], help="default: every mode")
     parser.add_argument("--model", help="A FLUX.1-schnell folder with real weights instead of random ones.")
     parser.add_argument("--iterations", type=int, default=8)
     parser.add_argument("--timeout-s", type=int, default=240, help="Per mode, load and warm-up included.")
+    parser.add_argument("--rehearse", action="store_true", help="CPU rehearsal: tiny models, the CPU's modes.")
     parser.add_argument("--out", default="flux_speed.json")
     parser.add_argument("--child", choices=list(MODES), help=argparse.SUPPRESS)
     parser.add_argument("--save-checkpoint", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.child:  # one mode in this process; the parent reads the last line
-        result = run_mode(args.child, args.model, args.iterations, args.save_checkpoint)
+        result = run_mode(args.child, args.model, args.iterations, args.save_checkpoint, args.rehearse)
         print("RESULT " + json.dumps(result), flush=True)
         return
 
+    modes = args.modes or [mode for mode in list(MODES)[1:] if not args.rehearse or mode in REHEARSAL["modes"]]
+    if args.rehearse and (unfit := set(modes) - set(REHEARSAL["modes"])):
+        parser.error(f"--rehearse runs {', '.join(REHEARSAL['modes'])} only, not {', '.join(sorted(unfit))}")
     # The parent never touches CUDA: a context here would sit on the card beside every mode.
-    loads_from_disk = not args.model and any(mode not in ("vortex-bf16", "vortex-fp8") for mode in args.modes)
+    loads_from_disk = not args.model and any(mode not in BUILT_IN_MEMORY for mode in modes)
     results = []
-    for mode in ["diffusers-bf16", *args.modes]:
-        command = [sys.executable, __file__, "--child", mode, "--iterations", str(args.iterations)]
+    for mode in ["diffusers-bf16", *modes]:
+        command = [sys.executable, "-m", "benchmarks.flux_speed", "--child", mode, "--iterations", str(args.iterations)]
         command += ["--model", args.model] if args.model else []
+        command += ["--rehearse"] if args.rehearse else []
         command += ["--save-checkpoint"] if mode == "diffusers-bf16" and loads_from_disk else []
         print(f"--- {mode}", flush=True)
         try:
-            child = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout_s)
+            child = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout_s, cwd=REPO)
             lines = [line for line in child.stdout.splitlines() if line.startswith("RESULT ")]
             if lines:
                 results.append(json.loads(lines[-1].removeprefix("RESULT ")))

@@ -1,10 +1,10 @@
 """Served end-to-end load on one GPU: HTTP requests against the real application, against plain diffusers.
 
-    python benchmarks/served_load.py [--out served_load.json] [--concurrency 1 2 4 8 16]
-    python benchmarks/served_load.py --flux '{"random_weights": "full", "precision": "bf16"}'   # another engine mode
-    python benchmarks/served_load.py --rehearse --concurrency 1 2 --requests-per-level 4      # CPU, tiny models
+    python -m benchmarks.served_load [--out served_load.json] [--concurrency 1 2 4 8 16]
+    python -m benchmarks.served_load --flux '{"random_weights": "full", "precision": "bf16"}'   # another engine mode
+    python -m benchmarks.served_load --rehearse --concurrency 1 2 --requests-per-level 4      # CPU, tiny models
 
-Run it from the repository root. In one process, on one card:
+In one process, on one card:
   1. Baseline: the full-size FLUX.1-schnell architecture with seeded random bf16 weights in plain
      diffusers `FluxPipeline`, eager, batch 1, 512x512, 4 steps, guidance 0, T5 length 256: P50 and
      the batch-1 rate 1/P50. The pipeline is then freed so the card is Serve's.
@@ -31,7 +31,6 @@ them, 2 logical GPUs, no diffusers baseline; its numbers mean nothing.
 import argparse
 import asyncio
 import gc
-import importlib.metadata
 import json
 import os
 import socket
@@ -39,77 +38,36 @@ import statistics
 import sys
 import time
 from collections import Counter
-from pathlib import Path
+from functools import partial
 
 import aiohttp
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+from benchmarks.common import (
+    REPO,
+    SIDE,
+    STEPS,
+    card_name,
+    diffusers_runner,
+    percentile,
+    prompt,
+    random_weight_verifier,
+    timed,
+    versions,
+)
+from deployments.vram import GIB
+
 APP_CONFIG = REPO / "configs/gpu-80gb.yaml"
 CPU_CONFIG = REPO / "configs/local.yaml"
 GENERATIONS = "/v1/images/generations"
-SIDE, STEPS, T5_TOKENS = 512, 4, 256
-ACCEPT_ALL = {"threshold": -1.0, "matched_mean": 0.1, "mismatched_mean": 0.0}
 GPU_FLUX = {"random_weights": "full", "precision": "fp8", "fuse_qkv": True, "compile": "regional", "cuda_graphs": 8}
 TARGET_P50_S = 0.25
 TARGET_THROUGHPUT_X = 3.0
-
-SUBJECTS = [
-    "a lighthouse on a cliff at dusk",
-    "a red fox in the snow",
-    "a busy harbour at dawn",
-    "a teapot on a wooden table",
-    "a city skyline at night",
-    "a mountain lake in autumn",
-    "a paper boat on a puddle",
-    "an old library with tall shelves",
-]
-STYLES = ["oil painting", "watercolour", "photograph", "pencil sketch", "pixel art"]
-
-
-def prompt(index: int) -> str:
-    """A different prompt for every call, so no cache anywhere can answer twice."""
-    subject = SUBJECTS[index % len(SUBJECTS)]
-    style = STYLES[index // len(SUBJECTS) % len(STYLES)]
-    return f"{subject}, {style}, variation {index}"
-
-
-def make_repo_importable() -> None:
-    """`deployments` must import here and in every Ray worker, without runtime_env (offline hosts).
-
-    Workers are started by this process's raylet and inherit its environment, so PYTHONPATH carries it.
-    """
-    if str(REPO) not in sys.path:
-        sys.path.insert(0, str(REPO))
-    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    if str(REPO) not in paths:
-        os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO), *paths])
-    # A plain ray.init() turns on token authentication and writes ~/.ray/auth_token; a benchmark needs none.
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Nearest rank, as benchmarks/flux_speed.py: with few samples P99 is the slowest."""
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
-
-
-def versions() -> dict[str, str | None]:
-    import torch
-
-    found: dict[str, str | None] = {"torch": torch.__version__}
-    for package in ("diffusers", "bitsandbytes", "ray", "aiohttp"):
-        try:
-            found[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            found[package] = None
-    return found
 
 
 def diffusers_baseline(calls: int) -> dict:
     """Plain diffusers eager bf16 batch-1 latency on this card, measured before Serve takes it."""
     import torch
-    from flux_speed import diffusers_runner  # the same call as the engine benchmark's baseline
 
     from deployments.engines.random_models import full_size_flux_pipeline
 
@@ -122,14 +80,8 @@ def diffusers_baseline(calls: int) -> dict:
     torch.cuda.reset_peak_memory_stats()
     for _ in range(3):  # cuBLAS/cuDNN warm-up; the first calls after a build run up to twice as long
         run([prompt(0)], [0])
-    seconds = []
-    for index in range(1, calls + 1):
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        run([prompt(index)], [index])
-        torch.cuda.synchronize()
-        seconds.append(time.perf_counter() - start)
-    peak_gib = torch.cuda.max_memory_allocated() / 2**30
+    seconds = [timed(partial(run, [prompt(index)], [index]), 1)[0] for index in range(1, calls + 1)]
+    peak_gib = torch.cuda.max_memory_allocated() / GIB
     del pipe, run  # the card must be free for the generator replica (the runner holds the pipeline too)
     gc.collect()
     torch.cuda.empty_cache()
@@ -143,8 +95,8 @@ def diffusers_baseline(calls: int) -> dict:
         "p99": percentile(seconds, 99),
         "images_per_s": 1 / p50,
         "peak_allocated_gib": peak_gib,
-        "gpu_free_after_gib": free / 2**30,
-        "gpu_total_gib": total / 2**30,
+        "gpu_free_after_gib": free / GIB,
+        "gpu_total_gib": total / GIB,
     }
     print("baseline:", json.dumps(result), flush=True)
     return result
@@ -163,12 +115,10 @@ def served_config(rehearse: bool, flux: dict | None, port: int, max_batch_size: 
         args["verifier"] = cpu_args["verifier"]
     if flux is not None or not rehearse:
         args["flux"] = flux if flux is not None else GPU_FLUX
-    verifier = args["verifier"]
-    verifier.update(distractors=[], policy={"concepts": []})
-    # Random weights of the real architectures: no download, the same speed and memory as OpenAI's.
-    verifier["models"] = [{**model, "pretrained": None, "calibration": ACCEPT_ALL} for model in verifier["models"]]
+    args["verifier"] = random_weight_verifier(args.get("verifier", {}))
     args["serving"] = {**args.get("serving", {}), "max_attempts": 1, "auth": {"disabled": True}}
-    args["batching"] = {**args.get("batching", {}), "max_batch_size": max_batch_size}
+    batching = args.setdefault("batching", {})
+    batching["generator"] = {**batching.get("generator", {}), "max_batch_size": max_batch_size}
 
     options = {deployment["name"]: deployment for deployment in app["deployments"]}
     generator = options["FluxGenerator"]
@@ -389,16 +339,17 @@ def main() -> None:
     parser.add_argument("--out", default="served_load.json")
     args = parser.parse_args()
 
-    make_repo_importable()
+    # A plain ray.init() turns on token authentication and writes ~/.ray/auth_token; a benchmark needs none.
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import torch
 
-    from deployments.app import AppArgs
+    from deployments.config import AppArgs
 
     if not args.rehearse and not torch.cuda.is_available():
         sys.exit("no CUDA GPU here: run on the GPU host, or try the script with --rehearse")
     if not port_is_free(args.port):
         sys.exit(f"127.0.0.1:{args.port} is taken (another Serve?): pass --port")
-    card = "CPU rehearsal" if args.rehearse else torch.cuda.get_device_name()
+    card = card_name()
     found = versions()
     print(f"card: {card}; {found}", flush=True)
     config = served_config(args.rehearse, args.flux, args.port, args.max_batch_size)

@@ -1,0 +1,55 @@
+"""Every benchmark still runs: its CPU rehearsal (tiny models, logical GPUs) as a user types it, so a config
+or API change that breaks one fails here. The VRAM placement rehearsal is also the test of VRAM-aware
+placement and scaling on a two-node cluster: its assertions are the behaviour a user relies on."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import REPO
+
+
+def rehearse(tmp_path: Path, benchmark: str, *options: str, timeout_s: float = 300) -> dict:
+    """`python -m benchmarks.BENCHMARK --rehearse ...` from the repository root; returns the JSON it wrote."""
+    out = tmp_path / f"{benchmark}.json"
+    command = [sys.executable, "-m", f"benchmarks.{benchmark}", "--rehearse", *options, "--out", str(out)]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout_s)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "CPU rehearsal" in result.stdout  # the table names the card
+    return json.loads(out.read_text())
+
+
+def test_flux_speed_rehearsal_measures_each_mode_against_diffusers(tmp_path):
+    results = rehearse(tmp_path, "flux_speed", "--iterations", "2")["results"]
+    assert [row["mode"] for row in results] == ["diffusers-bf16", "vortex-bf16", "vortex-fp8"]
+    for row in results:
+        assert "error" not in row, row
+        assert row["p50"] > 0 and set(row["images_per_s"]) == {"1", "2"}
+        assert row["mean_abs_difference_from_baseline"] < 0.05  # every mode computes the same model
+    assert list(results[1]["progression"]) == ["eager: our engine without speed options", "+ fused QKV"]
+
+
+def test_verifier_speed_rehearsal(tmp_path):
+    results = rehearse(tmp_path, "verifier_speed", "--iterations", "2")["results"]
+    assert set(results) == {"0"} and all(ms > 0 for ms in results["0"]["p50_ms"].values())
+
+
+def test_served_load_rehearsal_serves_every_request(tmp_path):
+    options = ("--concurrency", "1", "2", "--requests-per-level", "4", "--port", "8123")
+    result = rehearse(tmp_path, "served_load", *options)
+    assert [(level["concurrency"], level["ok"]) for level in result["levels"]] == [(1, 4), (2, 4)]
+    assert result["ratios"]["served_p50_c1"] > 0
+
+
+def test_vram_placement_rehearsal_scales_within_vram_and_back_down(tmp_path):
+    """Two nodes with one logical GPU and 24 `vram_gb` each; a generator asks for half a GPU and 13 GiB."""
+    result = rehearse(tmp_path, "vram_placement", "2", timeout_s=420)
+    load = result["load"]
+    assert load["statuses"] and set(load["statuses"]) == {200}
+    states = load["replica_states"]
+    assert max(seen.count("RUNNING") for seen in states) == 2  # scaled up under load
+    assert max(len(seen) for seen in states) <= 2  # never a third: no replica left pending for VRAM
+    running = [replica for replica in result["placed"] if replica["state"] == "RUNNING"]
+    assert len({replica["node"] for replica in running}) == 2  # half a GPU each would share a node; VRAM cannot
+    assert any("VRAM guard: FluxGenerator wants" in line for line in result["controller"])
