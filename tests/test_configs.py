@@ -103,3 +103,19 @@ def test_single_gpu_profiles_pack_their_card(path, card_vram_gb, generators):
     assert generators * vram("FluxGenerator") + vram("ClipVerifier") <= card_vram_gb
     assert (generators + 1) * vram("FluxGenerator") + vram("ClipVerifier") > card_vram_gb  # one more would not fit
     assert generators * gpus("FluxGenerator") + gpus("ClipVerifier") <= 1
+
+
+def test_the_verifiers_user_config_updates_decisions_and_refuses_typos():
+    from deployments.config import VerifierConfig, VerifierUpdate
+
+    base = VerifierConfig()
+    measured = {"threshold": 0.235, "matched_mean": 0.318, "mismatched_mean": 0.152, "pairs": 400}
+    updated = VerifierUpdate.model_validate(
+        {"calibration": {"ViT-B-32-quickgelu": measured}, "min_ensemble_score": 0.2}
+    ).apply_to(base)
+    assert updated.models[0].calibration.pairs == 400 and updated.models[1] == base.models[1]
+    assert (updated.min_ensemble_score, updated.distractors, updated.policy) == (0.2, base.distractors, base.policy)
+    with pytest.raises(ValueError, match="calibraton"):
+        VerifierUpdate.model_validate({"calibraton": {}})
+    with pytest.raises(ValueError, match="no such verifier model: ViT-H-14"):
+        VerifierUpdate.model_validate({"calibration": {"ViT-H-14": measured}}).apply_to(base)
