@@ -9,6 +9,7 @@ Ray Serve's own per-deployment options (replicas, resources, autoscaling) sit be
 YAML, under `deployments:`; their defaults are on the deployment classes.
 """
 
+import json
 import sys
 import types
 from pathlib import Path
@@ -433,7 +434,23 @@ def configuration_reference() -> str:
     defaults = yaml.safe_dump(AppArgs().model_dump(mode="json"), sort_keys=False, width=100)
     lines += ["", "## Defaults", "", "`args:` as the code fills it in when a config leaves everything out:", ""]
     lines += ["```yaml", defaults.rstrip(), "```", ""]
-    return "\n".join(lines)
+    lines += ["## `deployments:`", "", "Ray Serve's own options; an option a config sets replaces its default.", ""]
+    lines += ["| deployment | `ray_actor_options` | `max_ongoing_requests` | `max_queued_requests` |"]
+    lines.append("|---|---|---|---|")
+    for deployment in application_deployments():
+        options = json.dumps(deployment.ray_actor_options)
+        queued = deployment.max_queued_requests if deployment.max_queued_requests >= 0 else "no limit"
+        lines.append(f"| {deployment.name} | `{options}` | {deployment.max_ongoing_requests} | {queued} |")
+    return "\n".join(lines) + "\n"
+
+
+def application_deployments() -> list:
+    """The application's deployments (imported here: this module itself needs only pydantic)."""
+    from deployments.generator import FluxGenerator
+    from deployments.ingress import Ingress
+    from deployments.verifier import ClipVerifier
+
+    return [Ingress, FluxGenerator, ClipVerifier]
 
 
 def main() -> None:

@@ -9,10 +9,7 @@ import pytest
 from pydantic import BaseModel
 
 from conftest import CONFIGS, REPO, load_yaml
-from deployments.config import SECTIONS, AppArgs, configuration_reference
-from deployments.generator import FluxGenerator
-from deployments.ingress import Ingress
-from deployments.verifier import ClipVerifier
+from deployments.config import SECTIONS, AppArgs, application_deployments, configuration_reference
 
 MODEL_STACK = ("torch", "diffusers", "transformers", "open_clip")
 
@@ -63,7 +60,7 @@ def restated_defaults(values: dict, model: type[BaseModel], path: str) -> list[s
     return restated
 
 
-DEPLOYMENTS = {deployment.name: deployment for deployment in (Ingress, FluxGenerator, ClipVerifier)}
+DEPLOYMENTS = {deployment.name: deployment for deployment in application_deployments()}
 
 
 @pytest.mark.parametrize("path", CONFIGS)
