@@ -8,13 +8,14 @@ controller (about every 0.1 s per deployment) and decide the number of replicas 
    the running plus queued requests Serve averages over `look_back_period_s`, and
    `target_ongoing_requests` comes from the deployment's `autoscaling_config`.
 2. VRAM guard. Each replica needs what the running ones hold (`vram_gb`, `GPU`, `CPU`: they report
-   it with their metrics, from `deployments/replica.py`; `replica_resources` in `policy_kwargs` covers
-   a deployment with none running). Above the current target the policy adds only as many replicas as the nodes' free
-   resources can place now, less those already starting, so no replica is left pending forever
-   for memory that no node has. Replicas it holds back are logged as a warning in the controller log
-   and counted by the gauge `vortex_autoscaler_replicas_blocked`. (A replica that is starting holds
-   its resources already, so "no room" cannot tell a stuck replica from a slow start: the policy
-   never cancels one. Serve's `min_replicas` is applied after the policy: keep it placeable.)
+   it with their metrics, from `deployments/replica.py`; `replica_resources` in `policy_kwargs`
+   covers a deployment with none running). Above the current target the policy adds only as many
+   replicas as the nodes' free resources can place now, less those already starting, so no replica
+   is left pending forever for memory that no node has. Replicas it holds back are logged as a
+   warning in the controller log and counted by the gauge `vortex_autoscaler_replicas_blocked`. (A
+   replica that is starting holds its resources already, so "no room" cannot tell a stuck replica
+   from a slow start: the policy never cancels one. Serve's `min_replicas` is applied after the
+   policy: keep it placeable.)
 3. Proportional verifier (application policy): the verifier runs at least
    ceil(generator replicas x `verifier_per_generator`) replicas, since every generated image is
    verified, and more if its own load asks for them.
