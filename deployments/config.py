@@ -16,12 +16,10 @@ from pathlib import Path
 from typing import Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticUndefined
 
 from deployments.api import ImageRequest, InvalidRequestError
-
-RETRY_AFTER_S = 5  # the Retry-After of the service's own 503s and, by default, of Serve's backpressure 503s
 
 
 class FluxConfig(BaseModel):
@@ -278,6 +276,15 @@ class BatchingConfig(BaseModel):
         description="Verification requests share one pass through each CLIP model.",
     )
 
+    @field_validator("generator", "verifier", mode="before")
+    @classmethod
+    def _over_the_defaults(cls, value: object, info: ValidationInfo) -> object:
+        """A block changes what it names; the rest keeps this deployment's defaults (4 or 16 per batch)."""
+        if isinstance(value, dict):
+            default = cls.model_fields[info.field_name].get_default(call_default_factory=True)
+            return {**default.model_dump(), **value}
+        return value
+
 
 class ImageLimits(BaseModel):
     """What requests the service accepts."""
@@ -336,7 +343,14 @@ class ServingConfig(BaseModel):
 
     max_attempts: int = Field(3, ge=1, description="Generations per image slot until one passes verification.")
     request_timeout_s: float = Field(120.0, gt=0, description="A request taking longer fails with 504.")
-    retry_after_s: int = Field(RETRY_AFTER_S, ge=1, description="Sent as Retry-After with the service's 503s.")
+    retry_after_s: int = Field(5, ge=1, description="Sent as Retry-After with the service's 503s.")
+    max_concurrent_requests: int = Field(
+        256,
+        ge=1,
+        description="Requests one Ingress replica serves at once; more are refused at once with a JSON 503. "
+        "Keep it below the Ingress's Ray `max_ongoing_requests`, so that the application, not Ray's proxy "
+        "(plain text), answers an overload.",
+    )
     auth: AuthConfig = Field(default_factory=AuthConfig, description="API keys.")
 
 

@@ -1,14 +1,16 @@
 """Ingress: the FastAPI front door (no GPU, no model stack). Routes to `serving.ImageService`.
 
 It checks the API key and the body size, lets FastAPI validate the request, and turns every error
-into an OpenAI-style JSON answer in one place (`error_response`): 400 bad input, 401 no key, 413
-body too large, 422 no image passed verification, 503 overloaded, out of GPU memory or a lost
-replica (with Retry-After), 504 too slow. Handle callers call `generate` and get the typed errors.
+into an OpenAI-style JSON answer in one place (`error_response`): 400 bad input, 401 no key, 404/405
+no such route, 413 body too large, 422 no image passed verification, 503 overloaded, out of GPU
+memory, a lost replica or an unavailable deployment (with Retry-After), 504 too slow, 500 a bug.
+Handle callers call `generate` and get the typed errors.
 """
 
 import hashlib
 import hmac
 import json
+import logging
 import os
 import time
 from collections.abc import AsyncIterator
@@ -19,6 +21,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
 from ray.serve.handle import DeploymentHandle
+from starlette.exceptions import HTTPException
 
 from deployments.api import (
     ErrorDetail,
@@ -28,12 +31,15 @@ from deployments.api import (
     ImageRequest,
     ImagesResponse,
     InvalidRequestError,
+    ServiceUnavailableError,
     VerificationFailedError,
     VortexError,
 )
-from deployments.config import RETRY_AFTER_S, AuthConfig, ImageLimits, ServingConfig
+from deployments.config import AuthConfig, ImageLimits, ServingConfig
 from deployments.observability import request_id
 from deployments.serving import AcceptedRequest, Event, ImageService
+
+logger = logging.getLogger("ray.serve")
 
 app = FastAPI(
     title="Vortex Serve",
@@ -41,7 +47,7 @@ app = FastAPI(
     version="0.1.0",
 )
 GENERATIONS = "/v1/images/generations"
-OPEN_PATHS = {"/healthz", "/docs", "/openapi.json", "/docs/oauth2-redirect", "/redoc"}
+OPEN_PATHS = {"/healthz", "/readyz", "/docs", "/openapi.json", "/docs/oauth2-redirect", "/redoc"}
 
 
 class AuthenticationError(VortexError):
@@ -50,6 +56,27 @@ class AuthenticationError(VortexError):
 
     def __str__(self) -> str:
         return "missing or invalid API key"
+
+
+class RouteError(VortexError):
+    """A path or method the API does not have (FastAPI's 404 and 405)."""
+
+    type = "invalid_request_error"
+
+    def __init__(self, status_code: int, message: str) -> None:
+        super().__init__(status_code, message)
+        self.status_code = status_code
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class InternalError(VortexError):
+    """A bug: the request failed in a way the service has no answer for."""
+
+    def __str__(self) -> str:
+        return f"the service failed while serving request {request_id()}; its logs have the details"
 
 
 class BodyTooLargeError(VortexError):
@@ -86,6 +113,20 @@ def error_response(error: VortexError, retry_after_s: int) -> JSONResponse:
 @app.exception_handler(VortexError)
 async def _service_error(request: Request, error: VortexError) -> JSONResponse:
     return error_response(error, request.app.state.ingress.serving.retry_after_s)
+
+
+@app.exception_handler(HTTPException)
+async def _route_error(request: Request, exc: HTTPException) -> JSONResponse:
+    message = f"{request.method} {request.url.path}: {exc.detail}"
+    response = await _service_error(request, RouteError(exc.status_code, message))
+    response.headers.update(exc.headers or {})  # e.g. Allow, with 405
+    return response
+
+
+@app.exception_handler(Exception)
+async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    logger.exception("request %s failed", request_id())
+    return await _service_error(request, InternalError())
 
 
 @app.exception_handler(RequestValidationError)
@@ -136,12 +177,9 @@ def server_sent_event(payload: dict) -> str:
 
 
 # Module-level helpers above this line: serve.ingress snapshots the class when it is defined.
-@serve.deployment(
-    ray_actor_options={"num_cpus": 0.5},
-    max_ongoing_requests=32,
-    max_queued_requests=64,
-    backpressure_config={"retry_after_s": RETRY_AFTER_S},
-)
+# Room for far more requests than `serving.max_concurrent_requests`, and no queue limit: Ray's proxy
+# would answer those limits itself, in plain text; the application answers an overload in JSON.
+@serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=1024)
 @serve.ingress(app)
 class Ingress:
     def __init__(
@@ -165,7 +203,15 @@ class Ingress:
 
     @app.get("/healthz")
     async def healthz(self) -> dict[str, str]:
+        """Liveness: the Ingress answers. Whether images can be made now is `/readyz`."""
         return {"status": "ok"}
+
+    @app.get("/readyz", responses={503: {"model": ErrorResponse, "description": "Not ready; see Retry-After."}})
+    async def readyz(self) -> dict[str, str]:
+        """Readiness: the generator (loaded and warmed up) and the verifier each have a running replica."""
+        if unready := await self.service.unready():
+            raise ServiceUnavailableError(f"not ready: no running replica of {', '.join(unready)}")
+        return {"status": "ready"}
 
     @app.post(
         GENERATIONS,
@@ -203,7 +249,10 @@ class Ingress:
                         **ImageData.from_image(event).model_dump(mode="json"),
                     }
                 yield server_sent_event(event)
-        except VortexError as error:
+        except Exception as error:  # after the 200 has gone, a stream can only end with an error event
+            if not isinstance(error, VortexError):
+                logger.exception("request %s failed", request_id())
+                error = InternalError()
             yield server_sent_event({"type": "error", "status": error.status_code, **error_body(error)})
 
     async def generate(self, request: ImageRequest | dict) -> list[GeneratedImage]:

@@ -9,6 +9,7 @@ Metrics (Ray exports them on each node's metrics endpoint, prefixed `ray_`):
   vortex_batch_images{deployment}                  images per batch
   vortex_replica_vram_used_bytes{deployment}       NVML memory in use on the replica's GPUs, after each batch
   vortex_autoscaler_replicas_blocked{deployment}   (deployments.autoscaling) replicas no node can place
+  vortex_user_config_refused{deployment}           1 while the replica runs on older settings than deployed
 """
 
 import logging
@@ -76,6 +77,15 @@ def replica_metrics() -> ReplicaMetrics:
         ),
         batch_images=Histogram("vortex_batch_images", "Images per batch.", COUNT_BUCKETS, ("deployment",)),
         vram_used=Gauge("vortex_replica_vram_used_bytes", "NVML memory in use on the replica's GPUs.", ("deployment",)),
+    )
+
+
+@cache
+def user_config_refused_gauge() -> Gauge:
+    return Gauge(
+        "vortex_user_config_refused",
+        description="1 while a replica keeps its last good settings because the deployed user_config was invalid.",
+        tag_keys=("deployment",),
     )
 
 

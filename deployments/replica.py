@@ -2,6 +2,7 @@
 latency and VRAM (Prometheus), and the metrics the VRAM-aware autoscaler reads.
 """
 
+import asyncio
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -13,7 +14,8 @@ from deployments.vram import gpu_memory, replica_vram_stats
 
 
 class BatchingReplica:
-    """Base of the generator and verifier deployments: wrap each batch in `with self.recording_batch(...)`.
+    """Base of the generator and verifier deployments, whose `engine` runs the model: wrap each batch in
+    `with self.recording_batch(...)`.
 
     Serve calls `record_autoscaling_stats` (when the deployment has an `autoscaling_config`); tests and
     benchmarks call `batch_histogram` through a handle.
@@ -43,6 +45,11 @@ class BatchingReplica:
             self.in_flight = 0
             self.metrics.batch_latency.observe(time.perf_counter() - start, tags=tags)
             self.metrics.vram_used.set(gpu_memory(self.gpu_ids)[0], tags=tags)
+
+    async def check_health(self) -> None:
+        """Serve calls this every `health_check_period_s` and replaces the replica when it raises: after a
+        sticky CUDA error the engine cannot run again."""
+        await asyncio.to_thread(self.engine.check_health)
 
     def batch_histogram(self) -> dict[int, int]:
         """How many batches held each number of requests, since the replica started."""

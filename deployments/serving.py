@@ -16,9 +16,11 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 from pydantic import ValidationError
+from ray import serve
 from ray.exceptions import RayActorError, RayTaskError
-from ray.serve.exceptions import BackPressureError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
 from ray.serve.handle import DeploymentHandle
+from ray.serve.schema import ReplicaState
 
 from deployments.api import (
     MAX_SEED,
@@ -66,9 +68,12 @@ def ray_failures_as_unavailable(deployment: str) -> Iterator[None]:
         yield
     except BackPressureError:
         raise ServiceUnavailableError(f"the service is at capacity ({deployment}); retry later") from None
-    except RayActorError:
+    except (RayActorError, ReplicaUnavailableError):
         logger.warning("a %s replica died while serving request %s", deployment, request_id())
         raise ServiceUnavailableError(f"a {deployment} replica failed while serving this request; retry") from None
+    except DeploymentUnavailableError:
+        logger.error("request %s: the %s deployment is unavailable (it failed to deploy)", request_id(), deployment)
+        raise ServiceUnavailableError(f"the {deployment} deployment is unavailable; retry later") from None
     except RayTaskError as error:
         if isinstance(error.cause, VortexError):
             raise error.cause from None
@@ -84,15 +89,31 @@ class ImageService:
         self.limits = limits
         self.serving = serving
         self.metrics = service_metrics()
+        self.in_flight = 0  # requests being generated: the admission limit counts them
 
     def accept(self, request: ImageRequest | dict) -> AcceptedRequest:
-        """Validate `request` (a dict from handle callers too); raise `InvalidRequestError` naming the field."""
+        """Validate `request` (a dict from handle callers too); raise `InvalidRequestError` naming the field,
+        or `ServiceUnavailableError` when `serving.max_concurrent_requests` are in flight already."""
+        if self.in_flight >= self.serving.max_concurrent_requests:
+            raise ServiceUnavailableError("the service is at capacity; retry later")
         if isinstance(request, dict):
             try:
                 request = ImageRequest.model_validate(request)
             except ValidationError as exc:
                 raise InvalidRequestError.from_validation_error(exc) from None
         return AcceptedRequest(request, *self.limits.check(request))
+
+    async def unready(self) -> list[str]:
+        """The deployments this service calls that have no running replica now: still loading and warming
+        up, failed to deploy, or lost. Asked of Serve's controller, so a busy replica still counts."""
+        status = await asyncio.to_thread(serve.status)
+        app = status.applications.get(serve.get_replica_context().app_name)
+        deployments = app.deployments if app else {}
+        return [
+            name
+            for name in (self.generator.deployment_name, self.verifier.deployment_name)
+            if name not in deployments or not deployments[name].replica_states.get(ReplicaState.RUNNING)
+        ]
 
     async def generate(self, accepted: AcceptedRequest) -> AsyncIterator[Event]:
         """Progress events as the work goes, then each verified image; the one place request latency is recorded.
@@ -102,6 +123,7 @@ class ImageService:
         """
         start = time.perf_counter()
         status = 200
+        self.in_flight += 1
         try:
             async with asyncio.timeout(self.serving.request_timeout_s):
                 async for event in self._attempts(accepted):
@@ -113,6 +135,7 @@ class ImageService:
             status = error.status_code
             raise
         finally:
+            self.in_flight -= 1
             self.metrics.request_latency.observe(time.perf_counter() - start, tags={"status": str(status)})
 
     async def _attempts(self, accepted: AcceptedRequest) -> AsyncIterator[Event]:

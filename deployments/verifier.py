@@ -4,13 +4,17 @@ Concurrent verification requests are batched into one forward pass per CLIP mode
 """
 
 import asyncio
+import logging
 
 import numpy as np
 from ray import serve
 
 from deployments.api import Verification
 from deployments.config import BatchLimits, VerifierConfig, VerifierUpdate
+from deployments.observability import user_config_refused_gauge
 from deployments.replica import BatchingReplica
+
+logger = logging.getLogger("ray.serve")
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=32)
@@ -40,6 +44,18 @@ class ClipVerifier(BatchingReplica):
         return verdicts
 
     def reconfigure(self, user_config: dict) -> None:
-        """Apply the YAML `user_config` (a `VerifierUpdate`) in place, without reloading the models."""
-        update = VerifierUpdate.model_validate(user_config)
-        self.engine.reconfigure(update.apply_to(self.base_config))
+        """Apply the YAML `user_config` (a `VerifierUpdate`) in place, without reloading the models.
+
+        An invalid one is refused, and the replica keeps verifying with its last good settings: raising
+        here would fail the deployment and leave no replica to verify anything (Ray 2.60). The refusal
+        is logged and `vortex_user_config_refused` is 1 until a good one arrives;
+        `python -m deployments.check` catches it before `serve deploy`.
+        """
+        try:
+            config = VerifierUpdate.model_validate(user_config).apply_to(self.base_config)
+        except ValueError as error:  # pydantic's ValidationError included
+            logger.error("user_config refused; verifying with the last good settings: %s", error)
+            user_config_refused_gauge().set(1, tags={"deployment": self.deployment})
+            return
+        self.engine.reconfigure(config)
+        user_config_refused_gauge().set(0, tags={"deployment": self.deployment})

@@ -1,4 +1,5 @@
-"""`serve run configs/local.yaml`, as a user types it, answers real HTTP."""
+"""`serve run configs/local.yaml`, as a user types it, answers real HTTP: alive at once, ready once the
+models have loaded."""
 
 import base64
 import os
@@ -6,11 +7,26 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import requests
 
 from conftest import BASE_URL, REPO, wait_for_http
+
+
+def wait_until_ready(timeout_s: float) -> list[requests.Response]:
+    """Poll `/readyz` until it answers 200; returns the answers before that."""
+    deadline = time.monotonic() + timeout_s
+    answers = []
+    while time.monotonic() < deadline:
+        answer = requests.get(BASE_URL + "/readyz", timeout=10)
+        if answer.status_code == 200:
+            assert answer.json() == {"status": "ready"}
+            return answers
+        answers.append(answer)
+        time.sleep(0.5)
+    raise TimeoutError(f"/readyz did not answer 200 within {timeout_s} s: {answers[-1].text}")
 
 
 def test_serve_run_local_profile_answers_http(tmp_path):
@@ -25,7 +41,11 @@ def test_serve_run_local_profile_answers_http(tmp_path):
         start_new_session=True,
     )
     try:
-        wait_for_http(BASE_URL + "/healthz", timeout_s=180)
+        wait_for_http(BASE_URL + "/healthz", timeout_s=180)  # the Ingress answers: alive
+        not_ready = wait_until_ready(timeout_s=180)  # the generator and verifier have loaded
+        assert not_ready  # the Ingress answers seconds before the generator has loaded diffusers and Flux
+        assert all(answer.status_code == 503 and answer.headers["retry-after"] for answer in not_ready)
+        assert all("not ready: no running replica of" in answer.json()["error"]["message"] for answer in not_ready)
         response = requests.post(
             BASE_URL + "/v1/images/generations", json={"prompt": "a paper boat", "seed": 3}, timeout=60
         )

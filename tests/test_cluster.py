@@ -45,15 +45,20 @@ def serve_cli(cluster, *args: str) -> subprocess.CompletedProcess:
     )
 
 
-def deploy(cluster, tmp_path: Path, app: dict) -> None:
+def deploy(cluster, tmp_path: Path, app: dict) -> subprocess.CompletedProcess:
+    """Preflight the config against the running cluster, as the README says, then `serve deploy` it whatever
+    the preflight said; returns the preflight's result."""
     config = yaml.safe_load((REPO / "configs/local.yaml").read_text())
     config["applications"] = [app]
     path = tmp_path / f"config-{time.monotonic_ns()}.yaml"
     path.write_text(yaml.safe_dump(config))
+    check = [sys.executable, "-m", "deployments.check", str(path), "--address", f"http://{cluster.webui_url}"]
+    preflight = subprocess.run(check, cwd=REPO, capture_output=True, text=True, timeout=60)
     result = serve_cli(cluster, "deploy", str(path))
     assert result.returncode == 0, result.stderr
     wait_until(lambda: app_details(cluster).get("status") == "RUNNING", timeout_s=180)
-    wait_for_http(BASE_URL + "/healthz", timeout_s=60)
+    wait_for_http(BASE_URL + "/readyz", timeout_s=60)
+    return preflight
 
 
 def app_details(cluster) -> dict:
@@ -76,15 +81,25 @@ def wait_until(condition, timeout_s: float, interval_s: float = 1.0) -> None:
 
 def test_serve_deploy_and_status_from_the_cli_and_user_config_updates_in_place(cluster, tmp_path):
     app = local_app_config()
-    deploy(cluster, tmp_path, app)
+    assert deploy(cluster, tmp_path, app).returncode == 0  # the preflight passed, placement included
     status = serve_cli(cluster, "status")
     assert status.returncode == 0 and "RUNNING" in status.stdout
     assert generate_kite().status_code == 200
     before = {(r["replica_id"], r["pid"]) for r in replicas(cluster, "ClipVerifier")}
 
+    # A typo, deployed although the preflight refused it: the verifier keeps its last good settings.
+    kites = {"concepts": [{"name": "kites", "captions": ["a kite"], "threshold": -2.0}]}
     verifier = deployment_entry(app, "ClipVerifier")
-    verifier["user_config"] = {"policy": {"concepts": [{"name": "kites", "captions": ["a kite"], "threshold": -2.0}]}}
-    deploy(cluster, tmp_path, app)
+    verifier["user_config"] = {"policy": kites, "calibraton": {}}
+    preflight = deploy(cluster, tmp_path, app)
+    assert preflight.returncode == 1 and "user_config.calibraton: Extra inputs are not permitted" in preflight.stderr
+    assert generate_kite().status_code == 200  # still verified, with the old policy
+    logs = Path(cluster.head_node.get_session_dir_path()).glob("logs/serve/replica_vortex_ClipVerifier_*.log")
+    assert "user_config refused; verifying with the last good settings" in "".join(p.read_text() for p in logs)
+    assert {(r["replica_id"], r["pid"]) for r in replicas(cluster, "ClipVerifier")} == before
+
+    verifier["user_config"] = {"policy": kites}
+    assert deploy(cluster, tmp_path, app).returncode == 0
     wait_until(lambda: generate_kite().status_code == 422, timeout_s=60)  # the new policy withholds kites
     assert {(r["replica_id"], r["pid"]) for r in replicas(cluster, "ClipVerifier")} == before
 

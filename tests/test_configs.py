@@ -1,33 +1,49 @@
 """Serve configs: valid for Ray's own schema, free of keys Ray would silently ignore, buildable without weights."""
 
-import pytest
-from ray.serve._private.build_app import build_app as build_deployments
-from ray.serve.config import AutoscalingConfig
-from ray.serve.schema import DeploymentSchema, RayActorOptionsSchema, ServeApplicationSchema, ServeDeploySchema
+import subprocess
+import sys
 
-from conftest import CONFIGS, load_yaml
+import pytest
+import yaml
+from ray.serve._private.build_app import build_app as build_deployments
+
+from conftest import CONFIGS, REPO, deployment_entry, load_yaml
 from deployments.app import build_app
+from deployments.check import config_problems, placement_problems
 from deployments.config import AppArgs, FluxConfig
 
 
-def unknown_keys(section: dict, schema) -> set[str]:
-    return set(section) - set(schema.model_fields)
-
-
 @pytest.mark.parametrize("path", CONFIGS)
-def test_config_passes_rays_schema(path):
-    ServeDeploySchema.model_validate(load_yaml(path))
+def test_every_profile_passes_the_preflight_check(path):
+    assert config_problems(load_yaml(path)) == []
 
 
-@pytest.mark.parametrize("path", CONFIGS)
-def test_config_has_no_keys_ray_would_ignore(path):
-    """Ray ignores unknown keys in deployment entries; a typo there would silently change nothing."""
-    for app in load_yaml(path)["applications"]:
-        assert not unknown_keys(app, ServeApplicationSchema), app.keys()
-        for deployment in app.get("deployments", []):
-            assert not unknown_keys(deployment, DeploymentSchema), deployment
-            assert not unknown_keys(deployment.get("ray_actor_options", {}), RayActorOptionsSchema), deployment
-            assert not unknown_keys(deployment.get("autoscaling_config", {}), AutoscalingConfig), deployment
+def test_the_preflight_check_names_what_would_fail_after_serve_deploy(tmp_path):
+    config = load_yaml("configs/local.yaml")
+    app = config["applications"][0]
+    deployment_entry(app, "ClipVerifier")["user_config"] = {"calibraton": {}}
+    deployment_entry(app, "FluxGenerator")["ray_actor_options"] = {"num_cpu": 1}
+    deployment_entry(app, "Ingress")["max_queued_requests"] = 10
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    command = [sys.executable, "-m", "deployments.check", str(path)]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        f"{path}: applications[vortex].deployments[ClipVerifier].user_config.calibraton: "
+        "Extra inputs are not permitted",
+        f"{path}: applications[vortex].deployments[FluxGenerator].ray_actor_options.num_cpu: "
+        "Ray does not know this key and would ignore it",
+        f"{path}: applications[vortex].deployments[Ingress].max_queued_requests: Ray's proxy would refuse "
+        "requests in plain text; limit them with args.serving.max_concurrent_requests, which answers JSON",
+    ]
+
+
+def test_the_preflight_check_refuses_replicas_no_node_can_place():
+    config = load_yaml("configs/gpu-80gb.yaml")  # a generator asks for 0.45 GPU and 37 vram_gb
+    assert placement_problems(config, [{"CPU": 16.0, "GPU": 1.0, "vram_gb": 78.0}]) == []
+    problems = placement_problems(config, [{"CPU": 16.0, "GPU": 1.0, "vram_gb": 30.0}])
+    assert len(problems) == 1 and "deployments[FluxGenerator]: no node of the cluster can place" in problems[0]
 
 
 @pytest.mark.parametrize("path", CONFIGS)

@@ -117,6 +117,14 @@ def test_bad_input_is_a_400_naming_the_field(local_service, body, field):
     assert error["message"]
 
 
+@pytest.mark.parametrize(("method", "path", "status"), [("GET", GENERATIONS, 405), ("POST", "/v1/nope", 404)])
+def test_wrong_methods_and_paths_get_openai_style_json(local_service, method, path, status):
+    response = requests.request(method, local_service + path, json={"prompt": "a cat"}, timeout=10)
+    assert response.status_code == status
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error" and f"{method} {path}" in error["message"]
+
+
 def test_service_stays_healthy_after_bad_input(local_service):
     for body, _ in BAD_REQUESTS:
         post(local_service, body)
@@ -262,17 +270,22 @@ def test_requests_arriving_while_the_generator_is_busy_share_its_next_batch(loca
 
 @pytest.fixture(scope="module")
 def strict_service(local_service):
-    """A second app whose content policy flags everything, allowing two attempts per image."""
+    """A second app whose content policy flags everything, allowing two attempts per image. It has a verifier
+    of its own and calls the first app's generator (a handle is an ordinary argument)."""
     from ray import serve
 
     from conftest import local_app_config
-    from deployments.app import build_app
     from deployments.config import AppArgs
+    from deployments.ingress import Ingress
+    from deployments.verifier import ClipVerifier
 
     args = local_app_config()["args"]
     args["verifier"]["policy"] = {"concepts": [{"name": "everything", "captions": ["anything"], "threshold": -2.0}]}
     args["serving"]["max_attempts"] = 2
-    serve.run(build_app(AppArgs.model_validate(args)), name="strict", route_prefix="/strict")
+    config = AppArgs.model_validate(args)
+    generator = serve.get_deployment_handle("FluxGenerator", app_name="vortex")
+    verifier = ClipVerifier.bind(config.verifier, config.batching.verifier)
+    serve.run(Ingress.bind(generator, verifier, config.limits, config.serving), name="strict", route_prefix="/strict")
     yield local_service + "/strict"
     serve.delete("strict")
 

@@ -3,14 +3,17 @@ metrics, the client, and a schema-driven fuzz. Real Ray Serve and HTTP on the CP
 
 Faults are injected the way torch allows, with a forward pre-hook on the real tiny transformer:
 images of 1024 latent tokens (512x512) raise CUDA's out-of-memory error, 512 tokens (256x512) run
-slowly, and a batch of three kills the replica's process.
+slowly, and a batch of three kills the replica's process. The verifier's process dies when it is
+asked to verify the prompt `CRASH_VERIFIER`.
 """
 
 import base64
+import json
 import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -18,9 +21,10 @@ import pytest
 import requests
 import torch
 
-from conftest import BASE_URL, REPO, local_app_config, wait_for_http
+from conftest import BASE_URL, REPO, local_app_config
 
 API_KEY = "test-key-6f1c"
+CRASH_VERIFIER = "a prompt the verifier dies of"
 URL = BASE_URL + "/v1/images/generations"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
@@ -54,6 +58,26 @@ def faulty_generator_class():
     return serve.deployment(FaultyGenerator, name="FluxGenerator", max_ongoing_requests=1, max_queued_requests=2)
 
 
+def faulty_verifier_class():
+    from ray import serve
+
+    from deployments.verifier import ClipVerifier
+
+    class FaultyVerifier(ClipVerifier.func_or_class):
+        def __init__(self, config, batching) -> None:
+            super().__init__(config, batching)
+            verify = self.engine.verify
+
+            def verify_or_die(batch, include_embeddings=False):
+                if any(prompt == CRASH_VERIFIER for _, prompt in batch):
+                    os._exit(1)  # the replica's process dies mid-request
+                return verify(batch, include_embeddings)
+
+            self.engine.verify = verify_or_die
+
+    return serve.deployment(FaultyVerifier, name="ClipVerifier", ray_actor_options={"num_cpus": 0.5})
+
+
 @pytest.fixture(scope="module")
 def service(tmp_path_factory):
     import ray
@@ -61,19 +85,19 @@ def service(tmp_path_factory):
 
     from deployments.config import AppArgs
     from deployments.ingress import Ingress
-    from deployments.verifier import ClipVerifier
 
     keys = tmp_path_factory.mktemp("keys") / "api_keys"
     keys.write_text(f"another-key\n{API_KEY}\n")
     args = local_app_config()["args"]
-    args["serving"] = {"auth": {"keys_env": None, "keys_file": str(keys)}, "request_timeout_s": 4, "retry_after_s": 7}
+    auth = {"keys_env": None, "keys_file": str(keys)}
+    args["serving"] = {"auth": auth, "request_timeout_s": 4, "retry_after_s": 7, "max_concurrent_requests": 6}
     args["limits"].update(sizes=["256x256", "512x512", "256x512"], max_body_bytes=4096, max_prompt_bytes=400)
     config = AppArgs.model_validate(args)
     metrics_port = free_port()
     ray.init(address="local", num_cpus=4, include_dashboard=False, _metrics_export_port=metrics_port)
     try:
         generator = faulty_generator_class().bind(config.flux, config.batching.generator)
-        verifier = ClipVerifier.bind(config.verifier, config.batching.verifier)
+        verifier = faulty_verifier_class().bind(config.verifier, config.batching.verifier)
         app = Ingress.bind(generator, verifier, config.limits, config.serving)
         serve.run(app, name="vortex", route_prefix="/")
         yield metrics_port
@@ -136,14 +160,25 @@ def test_a_slow_request_times_out_with_504(service):
 
 
 def test_overload_answers_503_with_retry_after_quickly(service):
-    bodies = [{**SMALL, "seed": i} for i in range(12)]
-    with ThreadPoolExecutor(max_workers=12) as pool:
-        responses = list(pool.map(lambda body: (time.monotonic(), post(body), time.monotonic()), bodies))
-    rejected = [(start, r, end) for start, r, end in responses if r.status_code == 503]
-    assert rejected and any(r.status_code == 200 for _, r, _ in responses)
-    for start, response, end in rejected:
-        assert response.headers["retry-after"] == "7" and "capacity" in response.json()["error"]["message"]
-        assert end - start < 5
+    """Bursts of 12: the generator takes 1 and queues 2, the Ingress admits 6 (`max_concurrent_requests`).
+    Which limit a request meets depends on timing, so bursts go on until both have answered (one, mostly)."""
+    messages = set()
+    for _ in range(5):
+        bodies = [{**SMALL, "seed": i} for i in range(12)]
+        with ThreadPoolExecutor(max_workers=12) as pool:
+            responses = list(pool.map(lambda body: (time.monotonic(), post(body), time.monotonic()), bodies))
+        rejected = [(start, r, end) for start, r, end in responses if r.status_code == 503]
+        assert rejected and any(r.status_code == 200 for _, r, _ in responses)
+        for start, response, end in rejected:
+            assert response.headers["retry-after"] == "7" and "capacity" in response.json()["error"]["message"]
+            assert end - start < 5
+        messages |= {response.json()["error"]["message"] for _, response, _ in rejected}
+        if len(messages) == 2:
+            break
+    assert messages == {
+        "the service is at capacity (FluxGenerator); retry later",  # the generator's queue is full
+        "the service is at capacity; retry later",  # the Ingress admits no more
+    }
 
 
 def test_metrics_reach_prometheus(service):
@@ -198,13 +233,41 @@ def test_fuzzed_invalid_requests_never_get_a_5xx(service):
     invalid_request_is_a_client_error()
 
 
-def test_a_crashed_replica_fails_its_request_clearly_and_is_replaced(service):
-    response = post({**SMALL, "n": 3})
-    assert response.status_code == 503 and "replica failed" in response.json()["error"]["message"]
+def stream_events(body: dict, verifying: threading.Event) -> tuple[int, list[dict]]:
+    """A streamed request's status and events; `verifying` is set when its images reach the verifier."""
+    events = []
+    with requests.post(URL, json={**body, "stream": True}, headers=AUTH, stream=True, timeout=60) as response:
+        for line in response.iter_lines(decode_unicode=True):
+            if line.startswith("data: "):
+                events.append(json.loads(line.removeprefix("data: ")))
+                if events[-1].get("stage") == "verifying":
+                    verifying.set()
+    verifying.set()
+    return response.status_code, events
+
+
+def test_replicas_that_die_mid_request_end_their_requests_clearly_and_are_replaced(service):
+    """The verifier dies under a streamed request and the generator under another, with requests in flight:
+    each ends with an image or a JSON error, the stream with an error event, and both replicas come back."""
+    verifying = threading.Event()
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        streamed = pool.submit(stream_events, {**SMALL, "prompt": CRASH_VERIFIER}, verifying)
+        assert verifying.wait(timeout=30)
+        generator_killer = pool.submit(post, {**SMALL, "n": 3})
+        others = [pool.submit(post, {**SMALL, "seed": seed}) for seed in (1, 2)]
+        status, events = streamed.result()
+        assert status == 200 and events[-1]["type"] == "error" and events[-1]["status"] == 503
+        assert "a ClipVerifier replica failed" in events[-1]["error"]["message"]
+        killed = generator_killer.result()
+        assert killed.status_code == 503 and killed.headers["retry-after"] == "7"
+        assert "a FluxGenerator replica failed" in killed.json()["error"]["message"]
+        for other in (future.result() for future in others):  # served, or failed with a JSON error
+            assert other.status_code == 200 or other.json()["error"]["type"] in ("service_unavailable", "timeout")
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and post(SMALL).status_code != 200:
         time.sleep(2)
     image = post({**SMALL, "seed": 9})
     assert image.status_code == 200
     assert base64.b64decode(image.json()["data"][0]["b64_json"]).startswith(b"\x89PNG")
-    wait_for_http(BASE_URL + "/healthz", timeout_s=10)
+    status, events = stream_events(SMALL, threading.Event())
+    assert status == 200 and events[-1]["type"] == "image_generation.completed"

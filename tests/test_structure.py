@@ -7,6 +7,7 @@ import sys
 
 import pytest
 from pydantic import BaseModel
+from pydantic_core import to_jsonable_python
 
 from conftest import CONFIGS, REPO, load_yaml
 from deployments.config import SECTIONS, AppArgs, application_deployments, configuration_reference
@@ -47,15 +48,14 @@ def test_every_setting_is_documented(path, model):
     assert [name for name, field in model.model_fields.items() if not field.description] == []
 
 
-def restated_defaults(values: dict, model: type[BaseModel], path: str) -> list[str]:
-    """Keys of `values` (YAML for `model`) whose value is the field's default, at any depth."""
-    validated = model.model_validate(values)
+def restated_defaults(values: dict, defaults: BaseModel, path: str) -> list[str]:
+    """Keys of `values` (YAML) whose value is what `defaults` (the model the code fills in) has already."""
     restated = []
     for key, value in values.items():
-        field = model.model_fields[key]
-        if isinstance(value, dict) and isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
-            restated += restated_defaults(value, field.annotation, f"{path}.{key}")
-        elif getattr(validated, key) == field.get_default(call_default_factory=True):
+        default = getattr(defaults, key)
+        if isinstance(value, dict) and isinstance(default, BaseModel):
+            restated += restated_defaults(value, default, f"{path}.{key}")
+        elif value == to_jsonable_python(default):
             restated.append(f"{path}.{key}")
     return restated
 
@@ -66,7 +66,7 @@ DEPLOYMENTS = {deployment.name: deployment for deployment in application_deploym
 @pytest.mark.parametrize("path", CONFIGS)
 def test_profiles_state_only_what_differs_from_the_defaults(path):
     for app in load_yaml(path)["applications"]:
-        assert restated_defaults(app["args"], AppArgs, "args") == []
+        assert restated_defaults(app["args"], AppArgs(), "args") == []
         for entry in app.get("deployments", []):
             deployment = DEPLOYMENTS[entry["name"]]
             for option in ("max_ongoing_requests", "max_queued_requests", "ray_actor_options"):

@@ -32,7 +32,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from deployments.api import Rejection, RejectionKind, Verification
 from deployments.config import ClipModelConfig, VerifierConfig
-from deployments.engines.common import TORCH_DTYPES, ModelFilesMissingError, out_of_memory, resolve_device
+from deployments.engines.common import TORCH_DTYPES, ModelFilesMissingError, check_device, out_of_memory, resolve_device
 from deployments.engines.cuda_graphs import CudaGraphRunner
 
 logger = logging.getLogger(__name__)
@@ -282,6 +282,9 @@ class ClipEngine:
                 "Loaded CLIP %s (%s, %s) in %.1f s", spec.name, pretrained, precision, time.perf_counter() - start
             )
         return cls(config, models, device, precision)
+
+    def check_health(self) -> None:
+        check_device(self.device)
 
     def reconfigure(self, config: VerifierConfig) -> None:
         """Take new decision settings (calibration, weights, distractors, policy) without reloading models."""

@@ -23,6 +23,13 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def check_device(device: torch.device) -> None:
+    """Raise if `device` can no longer run work. After a sticky CUDA error (an illegal memory access, say)
+    every CUDA call of the process fails, this one included; it neither launches nor waits for work."""
+    if device.type == "cuda":
+        torch.cuda.mem_get_info(device)
+
+
 def out_of_memory(stage: str, device: torch.device, advice: str) -> OutOfGpuMemoryError:
     """Free what a failed step left behind, log the GPU's state with `advice` for operators, and describe it.
 

@@ -16,7 +16,7 @@ from diffusers import FluxPipeline
 
 from deployments.api import MAX_SEED
 from deployments.config import FluxConfig
-from deployments.engines.common import out_of_memory, resolve_device
+from deployments.engines.common import check_device, out_of_memory, resolve_device
 from deployments.engines.flux_loading import load_flux_pipeline
 from deployments.engines.flux_speedups import optimize_pipeline
 from deployments.vram import GIB
@@ -108,6 +108,9 @@ class FluxEngine:
         if device.type == "cuda":  # hand back what loading and warm-up cached: other replicas may share the card
             torch.cuda.empty_cache()
         return engine
+
+    def check_health(self) -> None:
+        check_device(self.device)
 
     def warm_up(self, batch_sizes: Sequence[int]) -> None:
         """Compile and capture now, not on a user's request: one generation per batch size."""
