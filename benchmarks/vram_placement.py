@@ -30,7 +30,7 @@ import yaml
 from benchmarks.common import REPO, random_weight_verifier
 
 URL = "http://127.0.0.1:8000"
-HOLD_S = 10  # load kept on with two replicas running, while the policy must not add a third
+HOLD_S = 5  # load kept on with two replicas running, while the policy must not add a third
 
 
 def start_cluster(gpus: int, rehearse: bool):
@@ -74,7 +74,7 @@ def placement_config(rehearse: bool, vram_per_generator: int) -> dict:
         metrics_interval_s=1,
         look_back_period_s=3,
         upscale_delay_s=0,
-        downscale_delay_s=5,
+        downscale_delay_s=2,
     )
     return config
 

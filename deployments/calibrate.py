@@ -86,13 +86,13 @@ def pair_scores(engine: ClipEngine, entries: list[tuple[Path, str]]) -> dict[str
     return scores
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, required=True, help="Serve config whose verifier to calibrate.")
     parser.add_argument("--manifest", type=Path, required=True, help="JSONL of {image, prompt}.")
     parser.add_argument("--app", default=None, help="Application name in the config (default: the first).")
     parser.add_argument("--out", type=Path, default=None, help="Write the models block here too.")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     applications = yaml.safe_load(args.config.read_text())["applications"]
     app = next(a for a in applications if args.app in (None, a["name"]))

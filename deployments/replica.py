@@ -1,5 +1,5 @@
-"""What both GPU deployments record about their batches, written once: in-flight requests, batch sizes,
-latency and VRAM (Prometheus), and the metrics the VRAM-aware autoscaler reads.
+"""What both GPU deployments record and report, written once: in-flight requests, batch sizes, latency
+and VRAM (Prometheus), the metrics the VRAM-aware autoscaler reads, and Serve's health check.
 """
 
 import asyncio
@@ -7,6 +7,9 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+import ray
+from ray import serve
 
 from deployments.autoscaling import GUARDED_RESOURCES, RESOURCE_METRIC_PREFIX
 from deployments.observability import replica_metrics, send_engine_logs_to_serve
@@ -22,10 +25,8 @@ class BatchingReplica:
     """
 
     def __init__(self) -> None:
-        import ray
-
         send_engine_logs_to_serve()
-        self.deployment = type(self).__name__
+        self.deployment = serve.get_replica_context().deployment
         # Ray's ids (indices or UUIDs) of the replica's GPUs: NVML ignores CUDA_VISIBLE_DEVICES.
         self.gpu_ids = ray.get_runtime_context().get_accelerator_ids().get("GPU", [])
         self.metrics = replica_metrics()
@@ -57,8 +58,6 @@ class BatchingReplica:
 
     def record_autoscaling_stats(self) -> dict[str, float]:
         """VRAM, held resources and queue for `deployments.autoscaling` (only with autoscaling_config)."""
-        import ray
-
         held = ray.get_runtime_context().get_assigned_resources()
         return {
             **replica_vram_stats(self.gpu_ids),

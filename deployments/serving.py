@@ -106,14 +106,14 @@ class ImageService:
     async def unready(self) -> list[str]:
         """The deployments this service calls that have no running replica now: still loading and warming
         up, failed to deploy, or lost. Asked of Serve's controller, so a busy replica still counts."""
-        status = await asyncio.to_thread(serve.status)
-        app = status.applications.get(serve.get_replica_context().app_name)
-        deployments = app.deployments if app else {}
-        return [
-            name
-            for name in (self.generator.deployment_name, self.verifier.deployment_name)
-            if name not in deployments or not deployments[name].replica_states.get(ReplicaState.RUNNING)
-        ]
+        applications = (await asyncio.to_thread(serve.status)).applications
+
+        def running(handle: DeploymentHandle) -> int:
+            app = applications.get(handle.app_name)
+            deployment = app.deployments.get(handle.deployment_name) if app else None
+            return deployment.replica_states.get(ReplicaState.RUNNING, 0) if deployment else 0
+
+        return [handle.deployment_name for handle in (self.generator, self.verifier) if not running(handle)]
 
     async def generate(self, accepted: AcceptedRequest) -> AsyncIterator[Event]:
         """Progress events as the work goes, then each verified image; the one place request latency is recorded.

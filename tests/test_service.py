@@ -69,8 +69,9 @@ def test_negative_prompt_and_steps_change_the_image(local_service):
     assert len({plain, negative, two_steps}) == 3
 
 
-def test_healthz_and_openapi(local_service):
+def test_healthz_readyz_and_openapi(local_service):
     assert requests.get(local_service + "/healthz", timeout=10).json() == {"status": "ok"}
+    assert requests.get(local_service + "/readyz", timeout=10).json() == {"status": "ready"}
     spec = requests.get(local_service + "/openapi.json", timeout=10).json()
     operation = spec["paths"][GENERATIONS]["post"]
     assert "400" in operation["responses"] and "200" in operation["responses"]
@@ -291,6 +292,7 @@ def strict_service(local_service):
 
 
 def test_flagged_images_are_never_sent_and_the_422_says_why(strict_service):
+    assert requests.get(strict_service + "/readyz", timeout=10).json() == {"status": "ready"}  # another app's generator
     response = post(strict_service, {"prompt": "a quiet harbour", "size": "256x256", "n": 2, "seed": 10})
     assert response.status_code == 422
     body = response.json()

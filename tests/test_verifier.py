@@ -15,6 +15,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from conftest import REPO
+from deployments import calibrate
 from deployments.api import RejectionKind
 from deployments.calibrate import best_threshold, calibration_from_scores
 from deployments.config import Calibration, ClipModelConfig, ConceptConfig, PolicyConfig, VerifierConfig
@@ -318,21 +319,14 @@ def images_that_match(engine: ClipEngine, prompts: list[str], index: int, count:
     return (pixels.detach().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
-def run_calibrate(tmp_path, entries: list[tuple[np.ndarray, str]]) -> subprocess.CompletedProcess:
+def calibrate_arguments(tmp_path, entries: list[tuple[np.ndarray, str]]) -> list[str]:
+    """The command's arguments for a manifest of these images and prompts, written under `tmp_path`."""
     with (tmp_path / "manifest.jsonl").open("w") as manifest:
         for i, (image, prompt) in enumerate(entries):
             Image.fromarray(image).save(tmp_path / f"{i}.png")
             manifest.write(json.dumps({"image": f"{i}.png", "prompt": prompt}) + "\n")
-    return subprocess.run(
-        [
-            *(sys.executable, "-m", "deployments.calibrate", "--config", "configs/local.yaml"),
-            *("--manifest", str(tmp_path / "manifest.jsonl"), "--out", str(tmp_path / "models.yaml")),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    config, out = str(REPO / "configs/local.yaml"), str(tmp_path / "models.yaml")
+    return ["--config", config, "--manifest", str(tmp_path / "manifest.jsonl"), "--out", out]
 
 
 def test_calibrate_command_writes_a_models_block_the_config_accepts(tmp_path):
@@ -342,7 +336,8 @@ def test_calibrate_command_writes_a_models_block_the_config_accepts(tmp_path):
             clip.model.requires_grad_(False)
         prompts = ["a red fox", "a paper boat", "a lighthouse", "a teapot"]
         entries = [(image, p) for i, p in enumerate(prompts) for image in images_that_match(engine, prompts, i, 2)]
-    result = run_calibrate(tmp_path, entries)
+    command = [sys.executable, "-m", "deployments.calibrate", *calibrate_arguments(tmp_path, entries)]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)  # as a user runs it
     assert result.returncode == 0, result.stderr
     assert "tiny-clip-a" in result.stdout and "bal. acc." in result.stdout
     models = yaml.safe_load((tmp_path / "models.yaml").read_text())["models"]
@@ -353,9 +348,10 @@ def test_calibrate_command_writes_a_models_block_the_config_accepts(tmp_path):
     VerifierConfig.model_validate({"models": models})
 
 
-def test_calibrate_command_refuses_models_that_cannot_separate_the_pairs(tmp_path):
+def test_calibrate_command_refuses_models_that_cannot_separate_the_pairs(tmp_path, capsys):
     same_image = noise_images(1)[0]
-    result = run_calibrate(tmp_path, [(same_image, "a red fox"), (same_image, "a paper boat")])
-    assert result.returncode == 2
-    assert "tiny-clip-a, tiny-clip-b scored mismatched pairs as high as matched ones" in result.stderr
+    with pytest.raises(SystemExit) as exit_:
+        calibrate.main(calibrate_arguments(tmp_path, [(same_image, "a red fox"), (same_image, "a paper boat")]))
+    assert exit_.value.code == 2
+    assert "tiny-clip-a, tiny-clip-b scored mismatched pairs as high as matched ones" in capsys.readouterr().err
     assert not (tmp_path / "models.yaml").exists()
