@@ -334,7 +334,7 @@ def main() -> None:
     parser.add_argument("--request-timeout-s", type=float, default=130.0, help="client-side limit per request")
     parser.add_argument("--startup-timeout-s", type=float, default=300.0)
     parser.add_argument("--baseline-calls", type=int, default=8)
-    parser.add_argument("--max-batch-size", type=int, default=8, help="the application's batching.max_batch_size")
+    parser.add_argument("--max-batch-size", type=int, default=8, help="batching.generator.max_batch_size")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--out", default="served_load.json")
     args = parser.parse_args()

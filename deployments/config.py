@@ -1,7 +1,8 @@
 """Every setting of the application: the `args:` block of a Serve config, validated against `AppArgs`.
 
-Pydantic only, so that configs validate where no model stack is installed. Each field is documented
-here once; `docs/configuration.md` is generated from these models:
+Pydantic and PyYAML only (the deployment classes are imported for the reference alone), so configs
+validate where no model stack is installed. Each field is documented here once;
+`docs/configuration.md` is generated from these models:
 
     python -m deployments.config docs/configuration.md
 
