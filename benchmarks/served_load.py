@@ -60,7 +60,7 @@ from deployments.vram import GIB
 APP_CONFIG = REPO / "configs/gpu-80gb.yaml"
 CPU_CONFIG = REPO / "configs/local.yaml"
 GENERATIONS = "/v1/images/generations"
-GPU_FLUX = {"random_weights": "full", "precision": "fp8", "fuse_qkv": True, "compile": "regional", "cuda_graphs": 8}
+GPU_FLUX = {"random_weights": "full", "precision": "fp8", "fuse_qkv": True, "compile": "regional"}
 TARGET_P50_S = 0.25
 TARGET_THROUGHPUT_X = 3.0
 
@@ -114,7 +114,9 @@ def served_config(rehearse: bool, flux: dict | None, port: int, max_batch_size: 
         args["flux"] = cpu_args["flux"]
         args["verifier"] = cpu_args["verifier"]
     if flux is not None or not rehearse:
-        args["flux"] = flux if flux is not None else GPU_FLUX
+        # 512x512 only, which the load asks for: one CUDA graph per batch size, captured at start.
+        args["flux"] = flux if flux is not None else {**GPU_FLUX, "cuda_graphs": max_batch_size}
+        args["limits"] = {**args.get("limits", {}), "sizes": ["512x512"]}
     args["verifier"] = random_weight_verifier(args.get("verifier", {}))
     args["serving"] = {**args.get("serving", {}), "max_attempts": 1, "auth": {"disabled": True}}
     batching = args.setdefault("batching", {})

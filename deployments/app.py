@@ -12,6 +12,6 @@ from deployments.verifier import ClipVerifier
 
 
 def build_app(args: AppArgs) -> Application:
-    generator = FluxGenerator.bind(args.flux, args.batching.generator)
+    generator = FluxGenerator.bind(args.flux, args.batching.generator, args.limits.shapes())
     verifier = ClipVerifier.bind(args.verifier, args.batching.verifier)
     return Ingress.bind(generator, verifier, args.limits, args.serving)

@@ -75,7 +75,15 @@ class FluxConfig(BaseModel):
         0,
         ge=0,
         description="Replay the text encoders, each denoising step and the VAE decode as CUDA graphs, captured "
-        "for up to this many input shapes (batch size x image size) each; 0 turns them off.",
+        "at replica start for up to this many input shapes each: at least len(limits.sizes) x "
+        "batching.generator.max_batch_size, so that every shape a request can have is captured before it "
+        "serves. 0 turns them off.",
+    )
+    compile_cache_dir: str | None = Field(
+        None,
+        description="Where torch.compile keeps compiled kernels (TORCHINDUCTOR_CACHE_DIR), so that a restarted or "
+        "added replica compiles nothing. On a cluster, a volume every node mounts starts new replicas warm "
+        "anywhere; null: torch's default under /tmp, per host.",
     )
     min_side: int = Field(256, ge=16, multiple_of=16, description="Smallest width or height accepted.")
     max_side: int = Field(1536, ge=16, multiple_of=16, description="Largest width or height accepted.")
@@ -220,8 +228,8 @@ class VerifierConfig(BaseModel):
     cuda_graphs: int = Field(
         0,
         ge=0,
-        description="Replay each model's image and prompt encoders as CUDA graphs, captured at start for batches "
-        "of 1 to min(cuda_graphs, batching.verifier.max_batch_size) images; 0 turns them off.",
+        description="Replay each model's image and prompt encoders as CUDA graphs, all captured at replica start, "
+        "for batches of 1 to this many images (and prompts); larger batches run without graphs. 0 turns them off.",
     )
 
 
@@ -254,7 +262,11 @@ class BatchLimits(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    max_batch_size: int = Field(ge=1, description="Requests per batch; 1 serves each request alone.")
+    max_batch_size: int = Field(
+        ge=1,
+        description="The generator: images per forward pass. The verifier: requests per pass. 1 serves each "
+        "request alone.",
+    )
     batch_wait_timeout_s: float = Field(
         0.0,
         ge=0,
@@ -270,7 +282,9 @@ class BatchingConfig(BaseModel):
 
     generator: BatchLimits = Field(
         default_factory=lambda: BatchLimits(max_batch_size=4),
-        description="Requests with the same size, steps and negative prompt share one forward pass.",
+        description="Requests with the same size, steps and negative prompt share one forward pass while their "
+        "images fit in `max_batch_size`. The replica compiles and captures every size at every batch size "
+        "at start.",
     )
     verifier: BatchLimits = Field(
         default_factory=lambda: BatchLimits(max_batch_size=16),
@@ -306,6 +320,10 @@ class ImageLimits(BaseModel):
     )
     max_body_bytes: int = Field(16_384, ge=1, description="HTTP request body size; larger bodies get 413.")
 
+    def shapes(self) -> list[tuple[int, int]]:
+        """(width, height) of every offered size."""
+        return [_width_height(size) for size in self.sizes]
+
     def check(self, request: ImageRequest) -> tuple[int, int, int]:
         """Raise `InvalidRequestError` for what the schema cannot know; return (width, height, steps)."""
         if request.size not in self.sizes:
@@ -321,8 +339,13 @@ class ImageLimits(BaseModel):
             raise InvalidRequestError("prompt", f"must be at most {self.max_prompt_bytes} bytes in UTF-8")
         if request.negative_prompt and len(request.negative_prompt.encode()) > self.max_prompt_bytes:
             raise InvalidRequestError("negative_prompt", f"must be at most {self.max_prompt_bytes} bytes in UTF-8")
-        width, height = (int(side) for side in request.size.split("x"))
+        width, height = _width_height(request.size)
         return width, height, steps
+
+
+def _width_height(size: str) -> tuple[int, int]:
+    width, height = size.split("x")
+    return int(width), int(height)
 
 
 class AuthConfig(BaseModel):
@@ -369,13 +392,31 @@ class AppArgs(BaseModel):
     @model_validator(mode="after")
     def _sizes_fit_the_generator(self) -> "AppArgs":
         """A size the API offers but the engine refuses would fail every such request at the GPU."""
-        for size in self.limits.sizes:
-            sides = [int(side) for side in size.split("x")]
+        for size, sides in zip(self.limits.sizes, self.limits.shapes(), strict=True):
             if any(side % 16 or not self.flux.min_side <= side <= self.flux.max_side for side in sides):
                 raise ValueError(
                     f"limits.sizes: {size} is not two multiples of 16 within flux.min_side..flux.max_side "
                     f"({self.flux.min_side}..{self.flux.max_side})"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _every_shape_is_warmed_up(self) -> "AppArgs":
+        """No request pays for compilation: a generator replica compiles and captures every size it offers at
+        every batch size it forms before it serves, and refuses to start where that cannot be done."""
+        batch = self.batching.generator.max_batch_size
+        if self.limits.max_images > batch:
+            raise ValueError(
+                f"limits.max_images: {self.limits.max_images} is above batching.generator.max_batch_size ({batch}); "
+                "a request's images are generated in one forward pass"
+            )
+        shapes = len(self.limits.sizes) * batch
+        if self.flux.cuda_graphs and self.flux.cuda_graphs < shapes:
+            raise ValueError(
+                f"flux.cuda_graphs: {self.flux.cuda_graphs} graphs cannot hold the {shapes} shapes a replica serves "
+                f"(limits.sizes: {len(self.limits.sizes)} x batching.generator.max_batch_size: {batch}); set "
+                f"cuda_graphs: {shapes}, or offer fewer sizes or smaller batches"
+            )
         return self
 
     @model_validator(mode="after")
@@ -450,12 +491,16 @@ def configuration_reference() -> str:
     lines += ["", "## Defaults", "", "`args:` as the code fills it in when a config leaves everything out:", ""]
     lines += ["```yaml", defaults.rstrip(), "```", ""]
     lines += ["## `deployments:`", "", "Ray Serve's own options; an option a config sets replaces its default.", ""]
-    lines += ["| deployment | `ray_actor_options` | `max_ongoing_requests` | `max_queued_requests` |"]
-    lines.append("|---|---|---|---|")
+    lines += [
+        "| deployment | `ray_actor_options` | `max_ongoing_requests` | `max_queued_requests` "
+        "| `graceful_shutdown_timeout_s` |"
+    ]
+    lines.append("|---|---|---|---|---|")
     for deployment in application_deployments():
         options = json.dumps(deployment.ray_actor_options)
         queued = deployment.max_queued_requests if deployment.max_queued_requests >= 0 else "no limit"
-        lines.append(f"| {deployment.name} | `{options}` | {deployment.max_ongoing_requests} | {queued} |")
+        drain = deployment._deployment_config.graceful_shutdown_timeout_s
+        lines.append(f"| {deployment.name} | `{options}` | {deployment.max_ongoing_requests} | {queued} | {drain} |")
     return "\n".join(lines) + "\n"
 
 

@@ -1,8 +1,10 @@
 """FluxGenerator: the Ray Serve deployment around the Flux engine. GPUs come from YAML `ray_actor_options`.
 
 Concurrent requests are batched: those with the same size, steps and negative prompt share one
-forward pass, each image with its own prompt and seed. A batch changes the GEMM shapes, so a
-batched image can differ in its last bits from the same request served alone.
+forward pass of up to `max_batch_size` images, each image with its own prompt and seed. Every size
+the service offers is compiled and captured at every batch size before the replica serves. A batch
+changes the GEMM shapes, so a batched image can differ in its last bits from the same request served
+alone.
 
 The batch is formed when the engine becomes free, from every request waiting by then. Serve's
 `@serve.batch` (2.60) forms the next batch as soon as the running one starts, from whatever arrived
@@ -36,17 +38,24 @@ class _Waiting:
 _DONE = object()  # the last item of a job's event queue
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 1}, max_ongoing_requests=8, max_queued_requests=16)
+# A replica stopped by a redeploy or a scale-down first generates what it holds (at most its
+# max_ongoing_requests; the callers give up after serving.request_timeout_s, default 120 s).
+@serve.deployment(
+    ray_actor_options={"num_cpus": 1}, max_ongoing_requests=8, max_queued_requests=16, graceful_shutdown_timeout_s=120
+)
 class FluxGenerator(BatchingReplica):
-    def __init__(self, config: FluxConfig, batching: BatchLimits) -> None:
+    def __init__(self, config: FluxConfig, batching: BatchLimits, sizes: list[tuple[int, int]]) -> None:
         # The engine (torch, diffusers) is imported here, in the replica: building the application does not load it.
         from deployments.engines.flux import FluxEngine
 
         super().__init__()
         self.batching = batching
-        # Compile and capture CUDA graphs for every batch size a batch of one-image requests can have.
-        self.engine = FluxEngine.load(config, warmup_batch_sizes=range(1, batching.max_batch_size + 1))
+        # Compile and capture every (width, height) the service offers at every number of images a batch can hold.
+        self.engine = FluxEngine.load(
+            config, warmup_sizes=sizes, warmup_batch_sizes=range(1, batching.max_batch_size + 1)
+        )
         self.waiting: asyncio.Queue[_Waiting] = asyncio.Queue()
+        self.held_over: _Waiting | None = None  # taken from the queue, but its images did not fit the last batch
         self.batcher: asyncio.Task | None = None
 
     async def generate_stream(self, job: GenerationJob) -> AsyncIterator[dict | np.ndarray]:
@@ -68,13 +77,20 @@ class FluxGenerator(BatchingReplica):
             waiting.cancelled = True  # a caller that left (timeout, disconnect) is not generated for
 
     async def _serve_batches(self) -> None:
-        """One batch at a time, each taking up to `max_batch_size` of the requests waiting when it starts."""
+        """One batch at a time, each taking the requests waiting when it starts, in order, while their images
+        fit in `max_batch_size`."""
         while True:
-            batch = [await self.waiting.get()]
+            first, self.held_over = self.held_over or await self.waiting.get(), None
             if self.waiting.empty():
                 await asyncio.sleep(self.batching.batch_wait_timeout_s)  # a moment for concurrent arrivals
-            while len(batch) < self.batching.max_batch_size and not self.waiting.empty():
-                batch.append(self.waiting.get_nowait())
+            batch, images = [first], len(first.job.seeds)
+            while not self.waiting.empty():
+                waiting = self.waiting.get_nowait()
+                if images + len(waiting.job.seeds) > self.batching.max_batch_size:
+                    self.held_over = waiting  # first in the next batch
+                    break
+                batch.append(waiting)
+                images += len(waiting.job.seeds)
             batch = [waiting for waiting in batch if not waiting.cancelled]
             if not batch:
                 continue

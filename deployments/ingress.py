@@ -179,7 +179,9 @@ def server_sent_event(payload: dict) -> str:
 # Module-level helpers above this line: serve.ingress snapshots the class when it is defined.
 # Room for far more requests than `serving.max_concurrent_requests`, and no queue limit: Ray's proxy
 # would answer those limits itself, in plain text; the application answers an overload in JSON.
-@serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=1024)
+# A replica stopped by a redeploy or a scale-down first finishes the requests it holds: they end within
+# serving.request_timeout_s (default 120 s).
+@serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=1024, graceful_shutdown_timeout_s=130)
 @serve.ingress(app)
 class Ingress:
     def __init__(

@@ -17,7 +17,8 @@ from deployments.replica import BatchingReplica
 logger = logging.getLogger("ray.serve")
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=32)
+# A replica stopped by a redeploy or a scale-down first verifies what it holds (a batch takes milliseconds on a GPU).
+@serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=32, graceful_shutdown_timeout_s=60)
 class ClipVerifier(BatchingReplica):
     def __init__(self, config: VerifierConfig, batching: BatchLimits) -> None:
         # The engine (torch, open_clip) is imported here, in the replica: building the application does not load it.
@@ -25,7 +26,7 @@ class ClipVerifier(BatchingReplica):
 
         super().__init__()
         self.base_config = config
-        self.engine = ClipEngine.load(config, max_batch_size=batching.max_batch_size)
+        self.engine = ClipEngine.load(config)
         self.verify.set_max_batch_size(batching.max_batch_size)
         self.verify.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
 

@@ -135,3 +135,26 @@ def test_the_verifiers_user_config_updates_decisions_and_refuses_typos():
         VerifierUpdate.model_validate({"calibraton": {}})
     with pytest.raises(ValueError, match="no such verifier model: ViT-H-14"):
         VerifierUpdate.model_validate({"calibration": {"ViT-H-14": measured}}).apply_to(base)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        (
+            {"limits": {"max_images": 8}},
+            "limits.max_images: 8 is above batching.generator.max_batch_size (4); a request's images are generated "
+            "in one forward pass",
+        ),
+        (
+            {"flux": {"cuda_graphs": 8}},
+            "flux.cuda_graphs: 8 graphs cannot hold the 20 shapes a replica serves (limits.sizes: 5 x "
+            "batching.generator.max_batch_size: 4); set cuda_graphs: 20, or offer fewer sizes or smaller batches",
+        ),
+    ],
+    ids=["a-request-larger-than-a-batch", "fewer-graphs-than-shapes"],
+)
+def test_configs_whose_shapes_cannot_all_be_warmed_up_are_refused_naming_the_limit(changes, message):
+    """Every size times every batch size is compiled and captured at replica start, or the config is refused."""
+    with pytest.raises(ValueError) as refused:
+        AppArgs.model_validate(changes)
+    assert message in str(refused.value)

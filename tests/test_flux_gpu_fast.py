@@ -26,7 +26,7 @@ def reference_and_fast_engine():
     config = engine.config.model_copy(update=FAST)
     optimize_pipeline(engine.pipe, config)
     engine.config = config
-    engine.warm_up([1])
+    engine.warm_up([(SIDE, SIDE)], [1])
     yield reference, engine
     del engine
     free_cuda()
@@ -61,3 +61,25 @@ def test_fp8_engine_stays_close_to_bf16(reference_and_fast_engine):
         difference = (generate(fp8, seed=seed).cpu() - reference[seed]).abs().mean().item()
         report(f"fp8 vs bf16, seed {seed}, mean |difference| (pixel values in [0, 1])", f"{difference:.5f}")
         assert difference < 0.02
+
+
+def test_no_request_compiles_or_captures_after_warm_up(reference_and_fast_engine):
+    """A replica warms up every offered size at every batch size: requests of those shapes reuse what it built."""
+    _, engine = reference_and_fast_engine
+    engine.pipe = None
+    free_cuda()
+    sizes, batches = [(SIDE, SIDE), (768, SIDE)], (1, 2)
+    config = FluxConfig(random_weights="full", precision="fp8", device="cuda", **{**FAST, "cuda_graphs": 4})
+    fp8 = FluxEngine.load(config, warmup_sizes=sizes, warmup_batch_sizes=batches)
+    runners = {"transformer": fp8.pipe.transformer.forward, "VAE": fp8.pipe.vae.decode}
+    captured = {name: len(runner) for name, runner in runners.items()}
+    assert captured == {"transformer": 4, "VAE": 2}
+    compiled = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    for width, height in sizes:
+        for batch in batches:
+            prompts = [f"a request of {batch} at {width}x{height}, image {i}" for i in range(batch)]
+            fp8.generate(prompts, seeds=list(range(batch)), width=width, height=height)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == compiled
+    assert {name: len(runner) for name, runner in runners.items()} == captured
+    del fp8
+    free_cuda()

@@ -41,8 +41,8 @@ def faulty_generator_class():
     from deployments.generator import FluxGenerator
 
     class FaultyGenerator(FluxGenerator.func_or_class):
-        def __init__(self, config, batching) -> None:
-            super().__init__(config, batching)
+        def __init__(self, config, batching, sizes) -> None:
+            super().__init__(config, batching, sizes)
 
             def inject(module, args, kwargs):
                 hidden = kwargs["hidden_states"]
@@ -96,7 +96,7 @@ def service(tmp_path_factory):
     metrics_port = free_port()
     ray.init(address="local", num_cpus=4, include_dashboard=False, _metrics_export_port=metrics_port)
     try:
-        generator = faulty_generator_class().bind(config.flux, config.batching.generator)
+        generator = faulty_generator_class().bind(config.flux, config.batching.generator, config.limits.shapes())
         verifier = faulty_verifier_class().bind(config.verifier, config.batching.verifier)
         app = Ingress.bind(generator, verifier, config.limits, config.serving)
         serve.run(app, name="vortex", route_prefix="/")

@@ -22,7 +22,7 @@ def test_graphed_encoders_give_the_eager_scores_for_captured_and_uncaptured_batc
     scores = {}
     for graphs in (0, 4):
         config = VerifierConfig(models=MODELS, precision="fp16", device="cuda", cuda_graphs=graphs)
-        engine = ClipEngine.load(config, max_batch_size=16)
+        engine = ClipEngine.load(config)
         scores[graphs] = [v.scores for batch in (small, large) for request in engine.verify(batch) for v in request]
         if graphs:  # batches of 1-4 captured at load; 6 images run eagerly
             assert [len(clip.encode_image) for clip in engine.models] == [4, 4]

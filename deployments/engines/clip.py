@@ -245,8 +245,9 @@ class ClipEngine:
         self.dtype = TORCH_DTYPES[precision]  # open_clip keeps LayerNorm and logit_scale in fp32
 
     @classmethod
-    def load(cls, config: VerifierConfig, max_batch_size: int = 1) -> "ClipEngine":
-        """Load every model; with `cuda_graphs`, capture batches of 1 to min(cuda_graphs, max_batch_size) images."""
+    def load(cls, config: VerifierConfig) -> "ClipEngine":
+        """Load every model; with `cuda_graphs`, capture batches of 1 to `cuda_graphs` images and prompts now:
+        every graph the runners can hold, so none is captured on a request."""
         open_clip.add_model_config(TINY_CLIP_CONFIGS)
         device = resolve_device(config.device)
         if config.cuda_graphs and device.type != "cuda":
@@ -275,8 +276,7 @@ class ClipEngine:
             if config.cuda_graphs:  # eager, a batch-1 ViT-L/14 is launch-bound
                 clip.encode_image = CudaGraphRunner(model.encode_image, config.cuda_graphs)
                 clip.encode_text = CudaGraphRunner(model.encode_text, config.cuda_graphs)
-                sizes = range(1, min(config.cuda_graphs, max_batch_size) + 1)
-                capture_batch_sizes(clip, sizes, TORCH_DTYPES[precision], device)
+                capture_batch_sizes(clip, range(1, config.cuda_graphs + 1), TORCH_DTYPES[precision], device)
             models.append(clip)
             logger.info(
                 "Loaded CLIP %s (%s, %s) in %.1f s", spec.name, pretrained, precision, time.perf_counter() - start

@@ -5,6 +5,7 @@ is in `flux_loading.py`, speed setups in `flux_speedups.py`; this file is what r
 """
 
 import logging
+import os
 import threading
 import time
 from collections import OrderedDict
@@ -71,10 +72,17 @@ class FluxEngine:
         self.prompt_cache = PromptCache(config.prompt_cache_size)
 
     @classmethod
-    def load(cls, config: FluxConfig, warmup_batch_sizes: Sequence[int] = (1,)) -> "FluxEngine":
-        """Load the model; with `compile` or `cuda_graphs`, also compile and capture for these batch
-        sizes at 512x512 (or the nearest allowed side) before the engine serves."""
+    def load(
+        cls,
+        config: FluxConfig,
+        warmup_sizes: Sequence[tuple[int, int]] | None = None,
+        warmup_batch_sizes: Sequence[int] = (1,),
+    ) -> "FluxEngine":
+        """Load the model; with `compile` or `cuda_graphs`, also compile and capture every (width, height) of
+        `warmup_sizes` (default: 512x512 or the nearest allowed side) at each batch size, before it serves."""
         device = resolve_device(config.device)
+        if config.compile_cache_dir:  # read by inductor whenever it compiles: set before the first compile
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = config.compile_cache_dir
         start = time.perf_counter()
         try:
             pipe = load_flux_pipeline(config, device)
@@ -96,12 +104,15 @@ class FluxEngine:
         )
         engine = cls(pipe, config, device)
         if config.compile != "none" or config.cuda_graphs:
+            side = min(max(512, config.min_side), config.max_side)
+            sizes = list(warmup_sizes or [(side, side)])
             start = time.perf_counter()
-            engine.warm_up(warmup_batch_sizes)
+            engine.warm_up(sizes, warmup_batch_sizes)
             logger.info(
-                "Warmed up Flux (compile %s, CUDA graphs for up to %d shapes) for batch sizes %s in %.1f s",
+                "Warmed up Flux (compile %s, CUDA graphs for up to %d shapes) for sizes %s at batch sizes %s in %.1f s",
                 config.compile,
                 config.cuda_graphs,
+                [f"{width}x{height}" for width, height in sizes],
                 list(warmup_batch_sizes),
                 time.perf_counter() - start,
             )
@@ -112,12 +123,13 @@ class FluxEngine:
     def check_health(self) -> None:
         check_device(self.device)
 
-    def warm_up(self, batch_sizes: Sequence[int]) -> None:
-        """Compile and capture now, not on a user's request: one generation per batch size."""
-        side = min(max(512, self.config.min_side), self.config.max_side)
-        for size in batch_sizes:
-            prompts = [f"warm-up image {i} of {size}" for i in range(size)]
-            self.generate(prompts, seeds=list(range(size)), width=side, height=side, steps=4)
+    def warm_up(self, sizes: Sequence[tuple[int, int]], batch_sizes: Sequence[int]) -> None:
+        """Compile and capture now, not on a user's request: one single-step generation per (width, height) and
+        batch size. The shapes of a call do not depend on its number of steps."""
+        for width, height in sizes:
+            for batch in batch_sizes:
+                prompts = [f"warm-up image {i} of {batch}" for i in range(batch)]
+                self.generate(prompts, seeds=list(range(batch)), width=width, height=height, steps=1)
         self.prompt_cache.clear()
 
     @torch.inference_mode()
