@@ -1,10 +1,20 @@
-"""A two-node Ray cluster on this machine, driven as an operator would: `serve deploy`, `serve status`,
-the dashboard's REST API and HTTP. The nodes have logical GPUs and advertise `vram_gb`. VRAM-aware
-placement and scaling on such a cluster are tested by the rehearsal of `benchmarks/vram_placement.py`
-(tests/test_benchmarks.py)."""
+"""The README's cluster lines, run as written: two `ray start` nodes on this machine with token
+authentication and the `vram_gb` resource, the preflight, `serve deploy` and `serve status`, then what
+an operator does next: a generation, `user_config` updates in place (a typo the verifier refuses, then a
+good one), a redeploy that replaces the generator while requests are in flight (they finish), and the
+README's shutdown. VRAM-aware placement and scaling are tested by the rehearsal of
+`benchmarks/vram_placement.py` (tests/test_benchmarks.py).
 
+Needs Ray's default ports (6379, 8265) and 8000 free. `ray stop` would end every Ray process on the
+host, so the test ends only what the README's lines started: the processes of their session.
+"""
+
+import os
+import re
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -14,60 +24,85 @@ import yaml
 
 from conftest import BASE_URL, REPO, deployment_entry, local_app_config, wait_for_http
 
-NODE = {"num_cpus": 4, "num_gpus": 1, "resources": {"vram_gb": 12}}
+DASHBOARD = "http://127.0.0.1:8265"
+
+
+def readme_block(name: str) -> str:
+    """The bash block after `<!-- cluster: NAME -->` in the README."""
+    match = re.search(rf"<!-- cluster: {name} -->\n```bash\n(.*?)```", (REPO / "README.md").read_text(), re.S)
+    assert match, f"README.md has no `<!-- cluster: {name} -->` bash block"
+    return match.group(1)
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    import ray
-    from ray._private.utils import get_ray_address_file
-    from ray.cluster_utils import Cluster
-
-    cluster = Cluster(initialize_head=True, head_node_args={**NODE, "include_dashboard": True})
-    cluster.add_node(**NODE)
-    ray.init(address=cluster.address)
-    try:
-        yield cluster
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
-        Path(get_ray_address_file(None)).unlink(missing_ok=True)  # so later ray.init() calls start afresh
+def shell_env(tmp_path_factory) -> dict[str, str]:
+    """A fresh shell's environment with the venv active, and the variables the README's start block exports
+    (the test's later commands run "in the same shell"). HOME is private: the token is the test's own."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("RAY_")}
+    env["HOME"] = str(tmp_path_factory.mktemp("home"))
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    env["VIRTUAL_ENV"] = str(Path(sys.executable).parents[1])
+    exports = re.search(r"^export (.*)$", readme_block("start"), re.M)
+    assert exports, "the README's start block exports RAY_AUTH_MODE, HEAD and CONFIG"
+    return {**env, **dict(variable.split("=", 1) for variable in exports.group(1).split())}
 
 
-def serve_cli(cluster, *args: str) -> subprocess.CompletedProcess:
-    serve = Path(sys.executable).with_name("serve")
-    return subprocess.run(
-        [str(serve), *args, "--address", f"http://{cluster.webui_url}"],
+@pytest.fixture(scope="module")
+def cluster(shell_env):
+    """Runs the README's start block in a session of its own; afterwards ends that session's processes."""
+    start = subprocess.Popen(
+        ["bash", "-euo", "pipefail", "-c", readme_block("start")],
         cwd=REPO,
-        capture_output=True,
+        env={key: value for key, value in shell_env.items() if not key.startswith("RAY_")},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         text=True,
-        timeout=120,
+        start_new_session=True,
+    )
+    try:
+        output, _ = start.communicate(timeout=240)
+        assert start.returncode == 0, output[-4000:]
+        yield output
+    finally:
+        end_session(start.pid)
+
+
+def end_session(session: int) -> None:
+    """What `ray stop` does, for the processes of one session only (the README's lines and what they started)."""
+
+    def members() -> list[int]:
+        pids = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    if os.getsid(int(entry.name)) == session:
+                        pids.append(int(entry.name))
+                except (ProcessLookupError, PermissionError):
+                    pass
+        return pids
+
+    for sig, grace_s in ((signal.SIGTERM, 3), (signal.SIGKILL, 5)):
+        for pid in members():
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + grace_s
+        while members() and time.monotonic() < deadline:
+            time.sleep(0.5)
+
+
+def serve_cli(env: dict[str, str], *args: str, timeout_s: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["serve", *args, "--address", DASHBOARD], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout_s
     )
 
 
-def deploy(cluster, tmp_path: Path, app: dict) -> subprocess.CompletedProcess:
-    """Preflight the config against the running cluster, as the README says, then `serve deploy` it whatever
-    the preflight said; returns the preflight's result."""
-    config = yaml.safe_load((REPO / "configs/local.yaml").read_text())
-    config["applications"] = [app]
-    path = tmp_path / f"config-{time.monotonic_ns()}.yaml"
-    path.write_text(yaml.safe_dump(config))
-    check = [sys.executable, "-m", "deployments.check", str(path), "--address", f"http://{cluster.webui_url}"]
-    preflight = subprocess.run(check, cwd=REPO, capture_output=True, text=True, timeout=60)
-    result = serve_cli(cluster, "deploy", str(path))
+def app_status(env: dict[str, str]) -> dict:
+    """The `vortex` application as `serve status` prints it (YAML)."""
+    result = serve_cli(env, "status")
     assert result.returncode == 0, result.stderr
-    wait_until(lambda: app_details(cluster).get("status") == "RUNNING", timeout_s=180)
-    wait_for_http(BASE_URL + "/readyz", timeout_s=60)
-    return preflight
-
-
-def app_details(cluster) -> dict:
-    details = requests.get(f"http://{cluster.webui_url}/api/serve/applications/", timeout=10).json()
-    return details.get("applications", {}).get("vortex", {})
-
-
-def replicas(cluster, deployment: str) -> list[dict]:
-    return app_details(cluster).get("deployments", {}).get(deployment, {}).get("replicas", [])
+    return yaml.safe_load(result.stdout)["applications"].get("vortex", {})
 
 
 def wait_until(condition, timeout_s: float, interval_s: float = 1.0) -> None:
@@ -79,31 +114,93 @@ def wait_until(condition, timeout_s: float, interval_s: float = 1.0) -> None:
     raise TimeoutError(f"condition not met within {timeout_s} s")
 
 
-def test_serve_deploy_and_status_from_the_cli_and_user_config_updates_in_place(cluster, tmp_path):
+def deploy(env: dict[str, str], tmp_path: Path, app: dict) -> subprocess.CompletedProcess:
+    """The README's preflight and `serve deploy` for a changed configs/local.yaml (deployed whatever the
+    preflight said); waits until the application runs again. Returns the preflight's result."""
+    config = yaml.safe_load((REPO / "configs/local.yaml").read_text())
+    config["applications"] = [app]
+    path = tmp_path / f"config-{time.monotonic_ns()}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    check = [sys.executable, "-m", "deployments.check", str(path), "--address", DASHBOARD]
+    preflight = subprocess.run(check, cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    result = serve_cli(env, "deploy", str(path))
+    assert result.returncode == 0, result.stderr
+    time.sleep(2)  # the controller takes the new config before its status says otherwise
+    wait_until(lambda: app_status(env).get("status") == "RUNNING", timeout_s=180)
+    return preflight
+
+
+def replica_pids(deployment: str) -> set[int]:
+    """Pids of the deployment's replica processes on this host."""
+    pids = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if f"ServeReplica:vortex:{deployment}" in (entry / "cmdline").read_text():
+                    pids.add(int(entry.name))
+            except OSError:
+                pass
+    return pids
+
+
+def generate(prompt: str = "a kite") -> requests.Response:
+    return requests.post(BASE_URL + "/v1/images/generations", json={"prompt": prompt, "size": "256x256"}, timeout=120)
+
+
+def test_the_readme_cluster_serves_updates_in_place_drains_on_redeploy_and_stops(cluster, shell_env, tmp_path):
+    assert "ok (1 application(s) and its placement" in cluster  # the preflight checked placement on the cluster
+    nodes = subprocess.run(["ray", "status"], env=shell_env, capture_output=True, text=True, timeout=60)
+    assert nodes.returncode == 0 and len(re.findall(r"^ 1 node_", nodes.stdout, re.M)) == 2, nodes.stdout
+    wait_until(lambda: app_status(shell_env).get("status") == "RUNNING", timeout_s=240)
+    wait_for_http(BASE_URL + "/readyz", timeout_s=60)
+    assert generate().status_code == 200
+
+    # A redeploy that replaces the generator, with requests in flight: each finishes with its image.
+    generator_pids = replica_pids("FluxGenerator")
+    statuses: list[int] = []
+    stop = threading.Event()
+
+    def keep_generating() -> None:
+        while not stop.is_set():
+            statuses.append(generate("a lighthouse").status_code)
+
+    clients = [threading.Thread(target=keep_generating) for _ in range(3)]
+    for client in clients:
+        client.start()
     app = local_app_config()
-    assert deploy(cluster, tmp_path, app).returncode == 0  # the preflight passed, placement included
-    status = serve_cli(cluster, "status")
-    assert status.returncode == 0 and "RUNNING" in status.stdout
-    assert generate_kite().status_code == 200
-    before = {(r["replica_id"], r["pid"]) for r in replicas(cluster, "ClipVerifier")}
+    app["args"]["flux"]["prompt_cache_size"] = 8
+    deploy(shell_env, tmp_path, app)
+    wait_until(lambda: replica_pids("FluxGenerator").isdisjoint(generator_pids), timeout_s=60)
+    stop.set()
+    for client in clients:
+        client.join(timeout=130)
+    assert len(statuses) >= 6 and set(statuses) == {200}, statuses
 
     # A typo, deployed although the preflight refused it: the verifier keeps its last good settings.
-    kites = {"concepts": [{"name": "kites", "captions": ["a kite"], "threshold": -2.0}]}
     verifier = deployment_entry(app, "ClipVerifier")
+    kites = {"concepts": [{"name": "kites", "captions": ["a kite"], "threshold": -2.0}]}
+    verifier_pids = replica_pids("ClipVerifier")
     verifier["user_config"] = {"policy": kites, "calibraton": {}}
-    preflight = deploy(cluster, tmp_path, app)
+    preflight = deploy(shell_env, tmp_path, app)
     assert preflight.returncode == 1 and "user_config.calibraton: Extra inputs are not permitted" in preflight.stderr
-    assert generate_kite().status_code == 200  # still verified, with the old policy
-    logs = Path(cluster.head_node.get_session_dir_path()).glob("logs/serve/replica_vortex_ClipVerifier_*.log")
+    assert generate().status_code == 200  # still verified, with the old policy
+    logs = Path("/tmp/ray/session_latest/logs/serve").glob("replica_vortex_ClipVerifier_*.log")
     assert "user_config refused; verifying with the last good settings" in "".join(p.read_text() for p in logs)
-    assert {(r["replica_id"], r["pid"]) for r in replicas(cluster, "ClipVerifier")} == before
 
     verifier["user_config"] = {"policy": kites}
-    assert deploy(cluster, tmp_path, app).returncode == 0
-    wait_until(lambda: generate_kite().status_code == 422, timeout_s=60)  # the new policy withholds kites
-    assert {(r["replica_id"], r["pid"]) for r in replicas(cluster, "ClipVerifier")} == before
+    assert deploy(shell_env, tmp_path, app).returncode == 0
+    wait_until(lambda: generate().status_code == 422, timeout_s=60)  # the new policy withholds kites
+    assert replica_pids("ClipVerifier") == verifier_pids  # both updates in place: the same process
 
-
-def generate_kite() -> requests.Response:
-    body = {"prompt": "a kite", "size": "256x256"}
-    return requests.post(BASE_URL + "/v1/images/generations", json=body, timeout=60)
+    # The README's shutdown; its `ray stop` is the fixture's end of this session.
+    stop_block = readme_block("stop").replace("ray stop", ": ray stop")
+    stopped = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", stop_block],
+        cwd=REPO,
+        env=shell_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert stopped.returncode == 0, stopped.stderr
+    assert "vortex" not in (yaml.safe_load(serve_cli(shell_env, "status").stdout)["applications"] or {})
