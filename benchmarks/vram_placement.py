@@ -6,17 +6,22 @@
 Each GPU gets its own raylet (CUDA_VISIBLE_DEVICES) advertising that GPU's memory as `vram_gb`
 (`deployments.vram`), so the resource is exact per GPU. The generator asks for half a GPU but more
 VRAM than half a card, so Ray could pack two on one GPU by `num_gpus` and only the VRAM resource
-spreads them. The script deploys `configs/gpu-80gb.yaml` (adapted: random weights, no API keys, the
-generator allowed 1 to 3 replicas) through `serve deploy`, loads the service until the VRAM-aware
-policy has added a replica, keeps the load on while a replica more would not fit, then waits for the
-scale-down. It prints where replicas ran and what the policy logged, and writes JSON: the replica
-states seen, request statuses, the controller's VRAM-guard lines. The load is bounded in requests
-and time.
+spreads them. The script deploys `configs/gpu-80gb.yaml` (adapted: random weights, the generator
+allowed 1 to 3 replicas) through `serve deploy`, as production runs it: API keys on, the replicas
+reading them from `VORTEX_API_KEYS` (the application's runtime_env) and the load sending one. It
+loads the service until the VRAM-aware policy has added a replica, keeps the load on for `--hold-s`
+while a replica more would not fit, then waits for the scale-down. It prints where replicas ran, what
+the policy logged, the served throughput with one generator and with two, and the time from the
+autoscaler's scale-up decision (the controller's `Upscaling` line) to the new replica's first answer
+(its first `generate_stream` in its log). If the application does not reach RUNNING, it prints each
+deployment's status and Serve's message (a replica's error) before failing. Writes JSON. The load is
+bounded in requests and time.
 """
 
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -30,7 +35,8 @@ import yaml
 from benchmarks.common import REPO, random_weight_verifier
 
 URL = "http://127.0.0.1:8000"
-HOLD_S = 5  # load kept on with two replicas running, while the policy must not add a third
+API_KEY = "vram-placement-benchmark-key"
+LOG_TIME = re.compile(r"^\w+ (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
 
 
 def start_cluster(gpus: int, rehearse: bool):
@@ -64,7 +70,8 @@ def placement_config(rehearse: bool, vram_per_generator: int) -> dict:
         local = yaml.safe_load((REPO / "configs/local.yaml").read_text())["applications"][0]["args"]
         verifier = {**local["verifier"], "cuda_graphs": 0}
     app["args"]["verifier"] = random_weight_verifier(verifier)
-    app["args"]["serving"] = {"auth": {"disabled": True}}  # the load comes from this script, without keys
+    # API keys on, as in production: the replicas read them from the environment Serve gives them.
+    app["runtime_env"] = {"env_vars": {"VORTEX_API_KEYS": API_KEY}}
     deployments = {d["name"]: d for d in app["deployments"]}
     generator = deployments["FluxGenerator"]
     generator["ray_actor_options"] = {"num_cpus": 2, "num_gpus": 0.5, "resources": {"vram_gb": vram_per_generator}}
@@ -94,46 +101,103 @@ def wait_until(condition, timeout_s: float, what: str) -> None:
     raise TimeoutError(f"{what} within {timeout_s} s")
 
 
-def application_status(dashboard: str) -> str | None:
+def application(dashboard: str) -> dict:
     details = requests.get(f"http://{dashboard}/api/serve/applications/", timeout=10).json()
-    return details.get("applications", {}).get("vortex", {}).get("status")
+    return details.get("applications", {}).get("vortex", {})
 
 
-def load_until_scaled(dashboard: str, clients: int, max_requests: int, timeout_s: float) -> dict:
-    """Closed-loop load until two generators have run for `HOLD_S`; the generator's replica states each second."""
-    stop, sent, statuses, states = threading.Event(), [0], [], []
+def serve_errors(dashboard: str) -> str:
+    """Each deployment's status and Serve's message (where a replica failed to start, its error)."""
+    lines = []
+    for name, deployment in application(dashboard).get("deployments", {}).items():
+        states = [replica["state"] for replica in deployment.get("replicas", [])]
+        lines.append(f"{name}: {deployment.get('status')} replicas {states}: {deployment.get('message', '')}")
+    return "\n".join(lines)
+
+
+def load_until_scaled(dashboard: str, clients: int, max_requests: int, timeout_s: float, hold_s: float) -> dict:
+    """Closed-loop load until two generators have served for `hold_s`. Returns the generator's replica states
+    each second, and the served throughput while one replica ran and while two did."""
+    stop, sent, done, states = threading.Event(), [0], [], []
     lock = threading.Lock()
 
     def client(worker: int) -> None:
+        headers = {"Authorization": f"Bearer {API_KEY}"}
         while not stop.is_set():
             with lock:
                 if sent[0] >= max_requests:
                     return
                 sent[0] += 1
             body = {"prompt": "a harbour at dawn, oil painting", "seed": worker}
-            statuses.append(requests.post(f"{URL}/v1/images/generations", json=body, timeout=120).status_code)
+            status = requests.post(f"{URL}/v1/images/generations", json=body, headers=headers, timeout=120).status_code
+            done.append((time.monotonic(), status))
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    start = time.monotonic()
     for thread in threads:
         thread.start()
-    start, two_running_since = time.monotonic(), None
+    two_running_since = None
     while time.monotonic() - start < timeout_s and sent[0] < max_requests:
         states.append([r["state"] for r in replicas(dashboard, "FluxGenerator")])
         if states[-1].count("RUNNING") >= 2:
             two_running_since = two_running_since or time.monotonic()
-            if time.monotonic() - two_running_since > HOLD_S:  # a third replica would not fit: none may be added
+            if time.monotonic() - two_running_since > hold_s:  # a third replica would not fit: none may be added
                 break
         time.sleep(1)
     stop.set()
+    end = time.monotonic()
     for thread in threads:
         thread.join()
-    seconds = round(time.monotonic() - start, 1)
-    return {"requests": sent[0], "statuses": statuses, "seconds": seconds, "replica_states": states}
+
+    def images_per_s(since: float, until: float) -> float:
+        return sum(since <= t < until for t, status in done if status == 200) / max(until - since, 1e-9)
+
+    scaled_at = two_running_since or end
+    return {
+        "requests": sent[0],
+        "statuses": [status for _, status in done],
+        "seconds": round(end - start, 1),
+        "replica_states": states,
+        # The first seconds with one replica fill its queue; the rest is its steady rate.
+        "images_per_s_one_replica": images_per_s(start + min(5.0, (scaled_at - start) / 2), scaled_at),
+        "images_per_s_two_replicas": images_per_s(scaled_at, end) if two_running_since else 0.0,
+    }
+
+
+def log_time(line: str) -> float | None:
+    """Seconds since the epoch of a Serve log line ('INFO 2026-12-01 01:17:06,293 ...')."""
+    match = LOG_TIME.match(line)
+    return (
+        time.mktime(time.strptime(match.group(1)[:19], "%Y-%m-%d %H:%M:%S")) + int(match.group(1)[20:]) / 1000
+        if match
+        else None
+    )
+
+
+def scale_up_to_first_answer_s(logs: Path, first_replicas: set[str]) -> float | None:
+    """From the controller's first `Upscaling` of the generator to a new replica's first answer, from Serve's logs."""
+    decisions = [
+        log_time(line)
+        for path in logs.glob("controller_*.log")
+        for line in path.read_text().splitlines()
+        if "Upscaling Deployment(name='FluxGenerator'" in line
+    ]
+    answers = [
+        log_time(line)
+        for path in logs.glob("replica_vortex_FluxGenerator_*.log")
+        if path.stem.rsplit("_", 1)[-1] not in first_replicas
+        for line in path.read_text().splitlines()
+        if "generate_stream OK" in line
+    ]
+    if not decisions or not answers:
+        return None
+    return min(answers) - min(decisions)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rehearse", type=int, metavar="GPUS", help="CPU rehearsal with this many logical GPUs.")
+    parser.add_argument("--hold-s", type=float, default=30, help="Load kept on with two generators running.")
     parser.add_argument("--out", default="vram_placement.json")
     args = parser.parse_args()
 
@@ -159,10 +223,23 @@ def main() -> None:
             yaml.safe_dump(placement_config(rehearse, vram_each), config_file)
         deploy = [sys.executable, "-m", "ray.serve.scripts", "deploy", config_file.name]  # the `serve` CLI
         subprocess.run([*deploy, "--address", f"http://{dashboard}"], check=True)
-        wait_until(lambda: application_status(dashboard) == "RUNNING", 400, "the application did not reach RUNNING")
-        print("deployed; generator replicas:", replicas(dashboard, "FluxGenerator"), flush=True)
-        load = load_until_scaled(dashboard, clients=6, max_requests=3000, timeout_s=240)
+        try:
+            wait_until(lambda: application(dashboard).get("status") == "RUNNING", 400, "the application is not RUNNING")
+        except TimeoutError:
+            print(serve_errors(dashboard), flush=True)
+            raise
+        first_replicas = {r["replica_id"] for r in replicas(dashboard, "FluxGenerator")}
+        print("deployed; generator replicas:", first_replicas, flush=True)
+        load = load_until_scaled(dashboard, clients=6, max_requests=3000, timeout_s=240, hold_s=args.hold_s)
+        logs = Path(cluster.head_node.get_session_dir_path()) / "logs/serve"
+        load["scale_up_to_first_answer_s"] = scale_up_to_first_answer_s(logs, first_replicas)
         print("load:", {key: value for key, value in load.items() if key not in ("statuses", "replica_states")})
+        one, two = load["images_per_s_one_replica"], load["images_per_s_two_replicas"]
+        print(
+            f"served throughput on {cards[0]}: one generator {one:.2f} img/s, two {two:.2f} img/s "
+            f"({two / one if one else float('nan'):.2f}x; target >= 1.8x on two GPUs)",
+            flush=True,
+        )
         nodes = {node["NodeID"]: node["Resources"] for node in ray.nodes() if node["Alive"]}
         placed = [
             {"replica": r["replica_id"], "state": r["state"], "node": r["node_id"], "node_vram_gb": nodes[r["node_id"]]}
@@ -173,10 +250,9 @@ def main() -> None:
         start = time.monotonic()
         wait_until(lambda: len(replicas(dashboard, "FluxGenerator")) == 1, 120, "no scale-down to 1 replica")
         print(f"scaled down to 1 replica {time.monotonic() - start:.0f} s after the load stopped", flush=True)
-        logs = Path(cluster.head_node.get_session_dir_path()).glob("logs/serve/controller_*.log")
         guard = [
             line.split(" -- ")[-1]
-            for path in logs
+            for path in logs.glob("controller_*.log")
             for line in path.read_text().splitlines()
             if "VRAM guard" in line or "replicas' VRAM as reported" in line
         ]

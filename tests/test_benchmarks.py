@@ -35,6 +35,14 @@ def test_verifier_speed_rehearsal(tmp_path):
     assert set(results) == {"0"} and all(ms > 0 for ms in results["0"]["p50_ms"].values())
 
 
+def test_replica_start_rehearsal_warms_every_shape_so_requests_compile_nothing(tmp_path):
+    results = rehearse(tmp_path, "replica_start")["results"]
+    assert [row["mode"] for row in results] == ["diffusers", "cold", "warm"]
+    for row in results[1:]:
+        assert row["shapes"] == 8 and len(row["first_request_s"]) == 8  # 2 sizes x batches of 1-4 images
+        assert row["compiled_on_requests"] == 0 and row["captured_on_requests"] == 0
+
+
 def test_served_load_rehearsal_serves_every_request(tmp_path):
     options = ("--concurrency", "1", "2", "--requests-per-level", "4", "--port", "8123")
     result = rehearse(tmp_path, "served_load", *options)
@@ -44,7 +52,7 @@ def test_served_load_rehearsal_serves_every_request(tmp_path):
 
 def test_vram_placement_rehearsal_scales_within_vram_and_back_down(tmp_path):
     """Two nodes with one logical GPU and 24 `vram_gb` each; a generator asks for half a GPU and 13 GiB."""
-    result = rehearse(tmp_path, "vram_placement", "2", timeout_s=420)
+    result = rehearse(tmp_path, "vram_placement", "2", "--hold-s", "3", timeout_s=420)
     load = result["load"]
     assert load["statuses"] and set(load["statuses"]) == {200}
     states = load["replica_states"]

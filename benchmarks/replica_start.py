@@ -1,0 +1,166 @@
+"""How long a new generator replica takes to serve, with a cold and with a warm compile cache.
+
+    python -m benchmarks.replica_start                   # configs/gpu-80gb.yaml's engine and sizes
+    python -m benchmarks.replica_start --rehearse        # CPU, tiny model, one process: the script still runs
+
+A replica serves once its engine has loaded (built or read the weights, quantized, fused) and warmed
+up: compiled and captured every size of `limits.sizes` at every batch size of
+`batching.generator.max_batch_size`, as `FluxGenerator` does. Each start runs in a fresh process, as a
+new replica's would, and is timed from the process's start (imports included) to ready:
+
+- cold: an empty `flux.compile_cache_dir`, as on a host that never compiled this engine;
+- warm: the same directory again, as for a restarted replica, or a new one on any node that mounts
+  the directory.
+
+The baseline is plain diffusers: the same architecture, built the same way, eager, which compiles
+nothing. After the warm start the child generates once at every shape and records whether anything
+was compiled or captured (it must not be), and how long each first request took. Weights are the
+full-size architecture with seeded random weights, built on the GPU (`random_weights: full`): with a
+real checkpoint add the time to read it from local disk. Prints a table naming the card; writes JSON.
+"""
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+
+import yaml
+
+from benchmarks.common import REPO, card_name, versions
+
+PROCESS_START = time.perf_counter()  # the child's own imports count: a replica pays them too
+PROFILE = REPO / "configs/gpu-80gb.yaml"
+REHEARSAL_FLUX = {"random_weights": "tiny", "precision": "fp32", "device": "cpu"}
+
+
+def profile_args(rehearse: bool) -> dict:
+    """The profile's `args:` with random weights (rehearsal: the CPU profile's tiny model, two small sizes)."""
+    args = yaml.safe_load(PROFILE.read_text())["applications"][0]["args"]
+    if rehearse:
+        args["flux"] = REHEARSAL_FLUX
+        args["limits"] = {"sizes": ["256x256", "256x512"]}
+    else:
+        args["flux"] = {**args["flux"], "random_weights": "full"}
+    return args
+
+
+def start_replica_engine(mode: str, rehearse: bool, cache_dir: str) -> dict:
+    """In this (fresh) process: what `FluxGenerator.__init__` does, timed; then every shape once."""
+    import torch
+
+    from deployments.config import AppArgs, FluxConfig
+    from deployments.engines.flux import FluxEngine
+    from deployments.engines.random_models import full_size_flux_pipeline, tiny_flux_pipeline
+    from deployments.vram import GIB
+
+    imported_s = time.perf_counter() - PROCESS_START
+    args = AppArgs.model_validate(profile_args(rehearse))
+    batches = range(1, args.batching.generator.max_batch_size + 1)
+    sizes = args.limits.shapes()
+    if mode == "diffusers":
+        pipe = tiny_flux_pipeline(seed=0) if rehearse else full_size_flux_pipeline(seed=0)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        ready_s = time.perf_counter() - PROCESS_START
+        parameters = sum(parameter.numel() for parameter in pipe.transformer.parameters())
+        return {
+            "mode": mode,
+            "imports_s": imported_s,
+            "load_s": ready_s - imported_s,
+            "ready_s": ready_s,
+            "transformer_parameters": parameters,
+        }
+
+    config = args.flux if rehearse else FluxConfig(**{**args.flux.model_dump(), "compile_cache_dir": cache_dir})
+    start = time.perf_counter()
+    engine = FluxEngine.load(config, warmup_sizes=(), warmup_batch_sizes=())  # the load alone
+    load_s = time.perf_counter() - start
+    start = time.perf_counter()
+    engine.warm_up(sizes, batches)
+    warmup_s = time.perf_counter() - start
+    ready_s = time.perf_counter() - PROCESS_START
+    cuda = torch.cuda.is_available()
+    result = {
+        "mode": mode,
+        "shapes": len(sizes) * len(batches),
+        "imports_s": imported_s,
+        "load_s": load_s,
+        "warmup_s": warmup_s,
+        "ready_s": ready_s,
+        "allocated_gib": torch.cuda.memory_allocated() / GIB if cuda else 0.0,
+        "reserved_gib": torch.cuda.memory_reserved() / GIB if cuda else 0.0,
+    }
+    compiled = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    captured = len(engine.pipe.transformer.forward) if engine.config.cuda_graphs else 0
+    first_request_s = {}
+    for width, height in sizes:
+        for batch in batches:
+            prompts = [f"first request at {width}x{height}, image {i} of {batch}" for i in range(batch)]
+            start = time.perf_counter()
+            engine.generate(prompts, seeds=list(range(batch)), width=width, height=height)
+            if cuda:
+                torch.cuda.synchronize()
+            first_request_s[f"{width}x{height} b{batch}"] = time.perf_counter() - start
+    result["first_request_s"] = first_request_s
+    result["compiled_on_requests"] = torch._dynamo.utils.counters["stats"]["unique_graphs"] - compiled
+    result["captured_on_requests"] = (
+        len(engine.pipe.transformer.forward) if engine.config.cuda_graphs else 0
+    ) - captured
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rehearse", action="store_true", help="CPU rehearsal: the tiny model, two sizes.")
+    parser.add_argument("--cache-dir", help="compile_cache_dir to use (default: a new empty folder, so cold is cold)")
+    parser.add_argument("--timeout-s", type=int, default=560, help="Per start.")
+    parser.add_argument("--out", default="replica_start.json")
+    parser.add_argument("--child", choices=["diffusers", "cold", "warm"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.child:
+        result = start_replica_engine(args.child, args.rehearse, args.cache_dir)
+        print("RESULT " + json.dumps(result), flush=True)
+        return
+
+    cache_dir = args.cache_dir or tempfile.mkdtemp(prefix="vortex-compile-cache-")
+    flux = profile_args(args.rehearse)["flux"]
+    card = "CPU rehearsal" if args.rehearse else card_name()
+    results = []
+    for mode in ("diffusers", "cold", "warm"):
+        print(f"--- {mode}", flush=True)
+        if args.rehearse:  # a CPU compiles nothing, so no start is cold: one process runs them all, quickly
+            results.append(start_replica_engine(mode, args.rehearse, cache_dir))
+            continue
+        command = [sys.executable, "-m", "benchmarks.replica_start", "--child", mode, "--cache-dir", cache_dir]
+        child = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout_s, cwd=REPO)
+        lines = [line for line in child.stdout.splitlines() if line.startswith("RESULT ")]
+        if not lines:
+            sys.exit(f"{mode} start failed:\n{child.stdout[-3000:]}\n{child.stderr[-3000:]}")
+        results.append(json.loads(lines[-1].removeprefix("RESULT ")))
+        print(lines[-1], flush=True)
+
+    print(f"\ngenerator replica start, flux {json.dumps(flux)}; card: {card}; {versions()}")
+    print(f"compile cache: {cache_dir}\n")
+    print(f"{'start':<30}{'imports s':>10}{'load s':>8}{'warm-up s':>11}{'ready s':>9}{'shapes':>8}{'resv GiB':>10}")
+    for row in results:
+        label = {"diffusers": "plain diffusers (baseline)", "cold": "vortex, cold cache", "warm": "vortex, warm cache"}
+        print(
+            f"{label[row['mode']]:<30}{row['imports_s']:>10.1f}{row['load_s']:>8.1f}{row.get('warmup_s', 0):>11.1f}"
+            f"{row['ready_s']:>9.1f}{row.get('shapes', 0):>8}{row.get('reserved_gib', 0):>10.2f}"
+        )
+    warm = results[-1]
+    slowest = max(warm["first_request_s"], key=warm["first_request_s"].get)
+    print(
+        f"\nafter the warm start: {warm['compiled_on_requests']} graphs compiled and {warm['captured_on_requests']} "
+        f"captured by requests; slowest first request {slowest}: {warm['first_request_s'][slowest]:.3f} s"
+    )
+    print(f"warm start: {warm['ready_s']:.1f} s from process start to serving (target: 20 s)")
+    with open(args.out, "w") as f:
+        json.dump({"card": card, "versions": versions(), "flux": flux, "results": results}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
