@@ -6,8 +6,8 @@
 Each GPU gets its own raylet (CUDA_VISIBLE_DEVICES) advertising that GPU's memory as `vram_gb`
 (`deployments.vram`), so the resource is exact per GPU. The generator asks for half a GPU but more
 VRAM than half a card, so Ray could pack two on one GPU by `num_gpus` and only the VRAM resource
-spreads them. The script deploys `configs/gpu-80gb.yaml` (adapted: random weights, the generator
-allowed 1 to 3 replicas) through `serve deploy`, as production runs it: API keys on, the replicas
+spreads them. The script deploys `configs/gpu-80gb.yaml` (adapted: random weights, a node per GPU,
+the generator allowed 1 to 3 replicas) through `serve deploy`, as production runs it: API keys on, the replicas
 reading them from `VORTEX_API_KEYS` (the application's runtime_env) and the load sending one. It
 loads the service until the VRAM-aware policy has added a replica, keeps the load on for `--hold-s`
 while a replica more would not fit, then waits for the scale-down. It prints where replicas ran, what
@@ -56,14 +56,14 @@ def start_cluster(gpus: int, rehearse: bool):
     return cluster
 
 
-def placement_config(rehearse: bool, vram_per_generator: int) -> dict:
+def placement_config(rehearse: bool, vram_per_generator: int, flux: dict | None = None) -> dict:
     config = yaml.safe_load((REPO / "configs/gpu-80gb.yaml").read_text())
     config["proxy_location"] = "HeadOnly"  # one HTTP port on this host
     app = config["applications"][0]
     app["args"]["flux"] = (
         {"random_weights": "tiny", "precision": "fp32", "device": "cpu"}
         if rehearse
-        else {"random_weights": "full", "precision": "bf16"}
+        else flux or {**app["args"]["flux"], "random_weights": "full"}  # the profile's engine: fp8, compiled, graphed
     )
     verifier = app["args"]["verifier"]
     if rehearse:  # the CPU profile's tiny CLIP models; CUDA graphs need a GPU
@@ -197,6 +197,7 @@ def scale_up_to_first_answer_s(logs: Path, first_replicas: set[str]) -> float | 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rehearse", type=int, metavar="GPUS", help="CPU rehearsal with this many logical GPUs.")
+    parser.add_argument("--flux", type=json.loads, help="the flux: block as JSON instead of the profile's (GPU)")
     parser.add_argument("--hold-s", type=float, default=30, help="Load kept on with two generators running.")
     parser.add_argument("--out", default="vram_placement.json")
     args = parser.parse_args()
@@ -218,9 +219,11 @@ def main() -> None:
     try:
         dashboard = cluster.webui_url
         # Half a GPU each, but more than half a node's VRAM: one replica per GPU.
-        vram_each = 13 if rehearse else 45
+        from deployments.vram import GIB, gpu_memory
+
+        vram_each = 13 if rehearse else int(0.6 * gpu_memory(["0"])[1] / GIB)
         with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as config_file:
-            yaml.safe_dump(placement_config(rehearse, vram_each), config_file)
+            yaml.safe_dump(placement_config(rehearse, vram_each, args.flux), config_file)
         deploy = [sys.executable, "-m", "ray.serve.scripts", "deploy", config_file.name]  # the `serve` CLI
         subprocess.run([*deploy, "--address", f"http://{dashboard}"], check=True)
         try:
@@ -230,7 +233,10 @@ def main() -> None:
             raise
         first_replicas = {r["replica_id"] for r in replicas(dashboard, "FluxGenerator")}
         print("deployed; generator replicas:", first_replicas, flush=True)
-        load = load_until_scaled(dashboard, clients=6, max_requests=3000, timeout_s=240, hold_s=args.hold_s)
+        # Enough clients to keep two replicas' batches full (max_batch_size 4 each).
+        load = load_until_scaled(
+            dashboard, clients=6 if rehearse else 12, max_requests=3000, timeout_s=240, hold_s=args.hold_s
+        )
         logs = Path(cluster.head_node.get_session_dir_path()) / "logs/serve"
         load["scale_up_to_first_answer_s"] = scale_up_to_first_answer_s(logs, first_replicas)
         print("load:", {key: value for key, value in load.items() if key not in ("statuses", "replica_states")})
