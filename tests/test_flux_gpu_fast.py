@@ -73,7 +73,7 @@ def test_no_request_compiles_or_captures_after_warm_up(reference_and_fast_engine
     fp8 = FluxEngine.load(config, warmup_sizes=sizes, warmup_batch_sizes=batches)
     runners = {"transformer": fp8.pipe.transformer.forward, "VAE": fp8.pipe.vae.decode}
     captured = {name: len(runner) for name, runner in runners.items()}
-    assert captured == {"transformer": 4, "VAE": 2}
+    assert captured == {"transformer": 4, "VAE": 4}  # each size at each batch size
     compiled = torch._dynamo.utils.counters["stats"]["unique_graphs"]
     for width, height in sizes:
         for batch in batches:
