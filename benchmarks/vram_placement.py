@@ -73,6 +73,8 @@ def placement_config(rehearse: bool, vram_per_generator: int, flux: dict | None 
     # API keys on, as in production: the replicas read them from the environment Serve gives them.
     app["runtime_env"] = {"env_vars": {"VORTEX_API_KEYS": API_KEY}}
     deployments = {d["name"]: d for d in app["deployments"]}
+    if rehearse:
+        deployments["Ingress"]["num_replicas"] = 1  # each replica process costs a 2-core machine seconds of imports
     generator = deployments["FluxGenerator"]
     generator["ray_actor_options"] = {"num_cpus": 2, "num_gpus": 0.5, "resources": {"vram_gb": vram_per_generator}}
     generator["autoscaling_config"].update(

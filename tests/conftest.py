@@ -1,4 +1,5 @@
-"""Shared fixtures: each test module that needs Ray starts its own local cluster and ends only that."""
+"""Shared fixtures. Tests that need Ray start their own local cluster and end only that: the modules that
+serve through `serve.run` share one (`shared_ray`), each ending its own Serve applications."""
 
 import os
 from pathlib import Path
@@ -64,17 +65,35 @@ def wait_for_http(url: str, timeout_s: float) -> None:
     raise TimeoutError(f"{url} did not answer within {timeout_s} s")
 
 
-@pytest.fixture(scope="module")
-def local_service():
-    """The CPU profile served by `serve.run` on a Ray cluster private to the test module."""
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def shared_ray():
+    """A local Ray cluster for the test session's `serve.run` modules (a cluster start costs seconds of both
+    cores); yields the port its metrics are exported on. Logical CPUs: room for two applications at once."""
     import ray
+
+    metrics_port = free_port()
+    ray.init(address="local", num_cpus=4, include_dashboard=False, _metrics_export_port=metrics_port)
+    yield metrics_port
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def local_service(shared_ray):
+    """The CPU profile served by `serve.run`, for one test module."""
     from ray import serve
 
     from deployments.app import build_app
     from deployments.config import AppArgs
 
     config = local_app_config()
-    ray.init(address="local", num_cpus=4, include_dashboard=False)  # logical CPUs: room for a second, stricter app
     try:
         # The YAML's `deployments:` options reach replicas through `serve run`/`serve deploy` (see
         # test_cli.py); here the code's defaults apply, which fit the same 2 CPUs.
@@ -83,7 +102,6 @@ def local_service():
         yield BASE_URL
     finally:
         serve.shutdown()
-        ray.shutdown()
 
 
 # GPU tests: the full-size architecture at the production default size.

@@ -10,7 +10,6 @@ asked to verify the prompt `CRASH_VERIFIER`.
 import base64
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -27,12 +26,6 @@ API_KEY = "test-key-6f1c"
 CRASH_VERIFIER = "a prompt the verifier dies of"
 URL = BASE_URL + "/v1/images/generations"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def faulty_generator_class():
@@ -79,8 +72,7 @@ def faulty_verifier_class():
 
 
 @pytest.fixture(scope="module")
-def service(tmp_path_factory):
-    import ray
+def service(tmp_path_factory, shared_ray):
     from ray import serve
 
     from deployments.config import AppArgs
@@ -93,17 +85,14 @@ def service(tmp_path_factory):
     args["serving"] = {"auth": auth, "request_timeout_s": 4, "retry_after_s": 7, "max_concurrent_requests": 6}
     args["limits"].update(sizes=["256x256", "512x512", "256x512"], max_body_bytes=4096, max_prompt_bytes=400)
     config = AppArgs.model_validate(args)
-    metrics_port = free_port()
-    ray.init(address="local", num_cpus=4, include_dashboard=False, _metrics_export_port=metrics_port)
     try:
         generator = faulty_generator_class().bind(config.flux, config.batching.generator, config.limits.shapes())
         verifier = faulty_verifier_class().bind(config.verifier, config.batching.verifier)
         app = Ingress.bind(generator, verifier, config.limits, config.serving)
         serve.run(app, name="vortex", route_prefix="/")
-        yield metrics_port
+        yield shared_ray  # the metrics port
     finally:
         serve.shutdown()
-        ray.shutdown()
 
 
 def post(body: dict, headers: dict | None = AUTH, **kwargs) -> requests.Response:
