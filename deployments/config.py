@@ -283,8 +283,8 @@ class BatchingConfig(BaseModel):
     generator: BatchLimits = Field(
         default_factory=lambda: BatchLimits(max_batch_size=4),
         description="Requests with the same size, steps and negative prompt share one forward pass while their "
-        "images fit in `max_batch_size`. The replica compiles and captures every size at every batch size "
-        "at start.",
+        "images fit in `max_batch_size`. With `flux.compile` or `flux.cuda_graphs`, a replica compiles and "
+        "captures every size at every batch size before it serves.",
     )
     verifier: BatchLimits = Field(
         default_factory=lambda: BatchLimits(max_batch_size=16),
