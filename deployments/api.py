@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, computed_field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, computed_field, field_validator
 from pydantic_core import PydanticCustomError
 
 from deployments.vram import GIB
@@ -27,7 +27,14 @@ class ImageRequest(BaseModel):
     prompt: str = Field(description="What to draw. Leading and trailing whitespace is ignored.")
     n: int = Field(1, ge=1, description="Number of images; the upper bound is the service's `max_images`.")
     size: str = Field("512x512", description="WIDTHxHEIGHT, one of the service's `sizes`.")
-    response_format: Literal["b64_json"] = Field("b64_json", description="Images come back as base64 PNG.")
+    response_format: Literal["b64_json"] = Field("b64_json", description="Images come back base64-encoded.")
+    output_format: Literal["png", "jpeg", "webp"] = Field("png", description="The images' file format.")
+    output_compression: int | None = Field(
+        None,
+        ge=0,
+        le=100,
+        description="jpeg and webp only: quality in percent, 100 (the default) the least lossy, as OpenAI's field.",
+    )
     seed: int | None = Field(
         None, ge=0, le=MAX_SEED, description="Seed of the first image; image i uses seed + i. Random if absent."
     )
@@ -46,6 +53,13 @@ class ImageRequest(BaseModel):
         if not prompt.strip():
             raise PydanticCustomError("blank_prompt", "must not be empty or whitespace")
         return prompt.strip()
+
+    @field_validator("output_compression")
+    @classmethod
+    def _compression_needs_a_lossy_format(cls, compression: int | None, info: ValidationInfo) -> int | None:
+        if compression is not None and info.data.get("output_format", "png") == "png":
+            raise PydanticCustomError("png_compression", "applies to jpeg and webp only; png is lossless")
+        return compression
 
 
 class RejectionKind(StrEnum):
@@ -129,14 +143,15 @@ class GenerationJob:
 class GeneratedImage:
     """One verified image, as handle callers receive it, with every attempt it took."""
 
-    png: bytes
+    image: bytes  # the file, in `output_format`
+    output_format: str
     seed: int
     verification: Verification
     attempts: list[Attempt]
 
 
 class ImageData(BaseModel):
-    b64_json: str = Field(description="The PNG, base64-encoded.")
+    b64_json: str = Field(description="The image file (the request's `output_format`), base64-encoded.")
     seed: int = Field(description="The seed this image was drawn from.")
     verification: Verification
     attempts: list[Attempt] = Field(description="Every generation for this image, the returned one last.")
@@ -144,7 +159,7 @@ class ImageData(BaseModel):
     @classmethod
     def from_image(cls, image: GeneratedImage) -> "ImageData":
         return cls(
-            b64_json=base64.b64encode(image.png).decode(),
+            b64_json=base64.b64encode(image.image).decode(),
             seed=image.seed,
             verification=image.verification,
             attempts=image.attempts,
@@ -154,6 +169,8 @@ class ImageData(BaseModel):
 class ImagesResponse(BaseModel):
     created: int = Field(description="Unix time the response was made.")
     request_id: str = Field(description="Also in the X-Request-ID header and the service's logs.")
+    output_format: str = Field(description="The images' file format: png, jpeg or webp.")
+    size: str = Field(description="WIDTHxHEIGHT of every image.")
     data: list[ImageData]
 
 

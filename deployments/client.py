@@ -1,6 +1,6 @@
 """Command-line client: `python -m deployments.client "a prompt" -o out.png`.
 
-Calls the HTTP API (streaming progress with --stream), saves the PNGs, prints each image's
+Calls the HTTP API (streaming progress with --stream), saves the images (png, jpeg or webp), prints each image's
 verification, and exits non-zero with the server's message when the request fails. The API key
 comes from --api-key or VORTEX_API_KEY.
 """
@@ -50,7 +50,7 @@ def server_sent_events(response: requests.Response) -> Iterator[dict]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("prompt")
-    parser.add_argument("-o", "--output", type=Path, default=Path("image.png"))
+    parser.add_argument("-o", "--output", type=Path, help="Where to save (default image.FORMAT); n > 1 numbers them.")
     parser.add_argument("--url", default=os.environ.get("VORTEX_URL", "http://127.0.0.1:8000"))
     parser.add_argument("--api-key", default=os.environ.get("VORTEX_API_KEY"))
     parser.add_argument("--size", default="512x512")
@@ -58,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int)
     parser.add_argument("--steps", type=int)
     parser.add_argument("--negative-prompt")
+    parser.add_argument("--format", choices=["png", "jpeg", "webp"], default="png", help="The images' file format.")
+    parser.add_argument("--compression", type=int, help="jpeg and webp quality in percent (default 100).")
     parser.add_argument("--stream", action="store_true", help="Show progress as the server reports it.")
     parser.add_argument("--timeout", type=float, default=300)
     args = parser.parse_args(argv)
@@ -69,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         "seed": args.seed,
         "num_inference_steps": args.steps,
         "negative_prompt": args.negative_prompt,
+        "output_format": args.format,
+        "output_compression": args.compression,
         "stream": args.stream,
     }
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
@@ -101,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
                 return report_error(event["status"], event, None)
     else:
         data = response.json()["data"]
-    for path, item in zip(output_paths(args.output, len(data)), data, strict=True):
+    output = args.output or Path(f"image.{args.format}")
+    for path, item in zip(output_paths(output, len(data)), data, strict=True):
         path.write_bytes(base64.b64decode(item["b64_json"]))
         print(f"saved {path}: {describe(item)}")
     return 0

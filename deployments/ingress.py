@@ -228,7 +228,7 @@ class Ingress:
         },
     )
     async def create_images(self, request: ImageRequest):
-        """Generate `n` images for `prompt`, each verified against it, as base64 PNGs.
+        """Generate `n` images for `prompt`, each verified against it, as base64 files (png, jpeg or webp).
 
         With `stream: true` the answer is server-sent events: `vortex.progress` (denoising step i of N,
         verification started) as the work goes, then one `image_generation.completed` per image, or
@@ -239,7 +239,11 @@ class Ingress:
             return StreamingResponse(self._server_sent_events(accepted), media_type="text/event-stream")
         images = [event async for event in self.service.generate(accepted) if isinstance(event, GeneratedImage)]
         return ImagesResponse(
-            created=int(time.time()), request_id=request_id(), data=[ImageData.from_image(i) for i in images]
+            created=int(time.time()),
+            request_id=request_id(),
+            output_format=request.output_format,
+            size=request.size,
+            data=[ImageData.from_image(i) for i in images],
         )
 
     async def _server_sent_events(self, accepted: AcceptedRequest) -> AsyncIterator[str]:
@@ -248,6 +252,7 @@ class Ingress:
                 if isinstance(event, GeneratedImage):
                     event = {
                         "type": "image_generation.completed",
+                        "output_format": event.output_format,
                         **ImageData.from_image(event).model_dump(mode="json"),
                     }
                 yield server_sent_event(event)

@@ -54,10 +54,18 @@ class AcceptedRequest:
     steps: int
 
 
-def encode_png(pixels: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG", compress_level=1)  # 4x faster than the default 6
-    return buffer.getvalue()
+def encode_images(pixels: np.ndarray, output_format: str, compression: int | None) -> list[bytes]:
+    """uint8 [N, H, W, 3] pixels as png, jpeg or webp files; `compression` is the lossy formats' quality (100)."""
+    files = []
+    for image in pixels:
+        buffer = io.BytesIO()
+        if output_format == "png":
+            Image.fromarray(image).save(buffer, format="PNG", compress_level=1)  # 4x faster than the default 6
+        else:
+            quality = 100 if compression is None else compression
+            Image.fromarray(image).save(buffer, format=output_format.upper(), quality=quality)
+        files.append(buffer.getvalue())
+    return files
 
 
 @contextmanager
@@ -142,7 +150,7 @@ class ImageService:
         request, n = accepted.request, accepted.request.n
         first_seed = secrets.randbelow(MAX_SEED + 1 - n) if request.seed is None else request.seed
         attempts: list[list[Attempt]] = [[] for _ in range(n)]
-        passed: dict[int, tuple[int, bytes, Verification]] = {}  # slot -> seed, PNG, verdict
+        passed: dict[int, tuple[int, bytes, Verification]] = {}  # slot -> seed, image file, verdict
         pending = list(range(n))
         for attempt in range(1, self.serving.max_attempts + 1):
             # Slot i, attempt a uses seed first_seed + i + (a - 1) * n: reproducible, never repeated in a request.
@@ -159,16 +167,18 @@ class ImageService:
                     else:  # {"stage": "queued"} behind another batch group, or {"step": i, "steps": n}
                         yield {**progress, "stage": "denoising", **event}
             yield {**progress, "stage": "verifying"}
-            # PNGs are encoded while the verifier works: most images pass, so the two overlap in the latency.
-            encoding = asyncio.ensure_future(asyncio.to_thread(lambda images=pixels: [encode_png(i) for i in images]))
+            # Images are encoded while the verifier works (off the event loop): most pass, so the two overlap.
+            encoding = asyncio.ensure_future(
+                asyncio.to_thread(encode_images, pixels, request.output_format, request.output_compression)
+            )
             with ray_failures_as_unavailable("ClipVerifier"):
                 verifications = await self.verifier.verify.remote(pixels, request.prompt, request.include_embeddings)
-            pngs = await encoding
+            files = await encoding
             still_failing = []
-            for slot, seed, png, verification in zip(pending, seeds, pngs, verifications, strict=True):
+            for slot, seed, file, verification in zip(pending, seeds, files, verifications, strict=True):
                 attempts[slot].append(Attempt.of(seed, verification))
                 if verification.passed:
-                    passed[slot] = (seed, png, verification)
+                    passed[slot] = (seed, file, verification)
                     continue
                 still_failing.append(slot)
                 for rejection in verification.rejections:
@@ -182,5 +192,5 @@ class ImageService:
         if pending:
             raise VerificationFailedError(attempts)
         for slot in range(n):
-            seed, png, verification = passed[slot]
-            yield GeneratedImage(png=png, seed=seed, verification=verification, attempts=attempts[slot])
+            seed, file, verification = passed[slot]
+            yield GeneratedImage(file, request.output_format, seed, verification, attempts[slot])

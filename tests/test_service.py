@@ -21,7 +21,7 @@ def post(base_url: str, body: dict | str) -> requests.Response:
     return requests.post(base_url + GENERATIONS, json=body, timeout=60)
 
 
-def decode_png(b64: str) -> Image.Image:
+def decode_image(b64: str) -> Image.Image:
     return Image.open(io.BytesIO(base64.b64decode(b64)))
 
 
@@ -32,7 +32,7 @@ def test_generation_returns_verified_pngs(local_service):
     assert isinstance(body["created"], int)
     assert [item["seed"] for item in body["data"]] == [41, 42]
     for item in body["data"]:
-        image = decode_png(item["b64_json"])
+        image = decode_image(item["b64_json"])
         assert (image.format, image.size, image.mode) == ("PNG", (256, 256), "RGB")
         verification = item["verification"]
         assert set(verification["scores"]) == {"tiny-clip-a", "tiny-clip-b"}
@@ -47,6 +47,17 @@ def test_generation_returns_verified_pngs(local_service):
     assert body["data"][0]["b64_json"] != body["data"][1]["b64_json"]
 
 
+@pytest.mark.parametrize("output_format", ["jpeg", "webp"])
+def test_jpeg_and_webp_on_request_smaller_at_lower_quality(local_service, output_format):
+    request = {"prompt": "a red fox in the snow", "size": "256x256", "seed": 5, "output_format": output_format}
+    best = post(local_service, request).json()
+    smaller = post(local_service, {**request, "output_compression": 30}).json()
+    assert (best["output_format"], best["size"]) == (output_format, "256x256")
+    image = decode_image(best["data"][0]["b64_json"])
+    assert (image.format, image.size) == ({"jpeg": "JPEG", "webp": "WEBP"}[output_format], (256, 256))
+    assert len(smaller["data"][0]["b64_json"]) < len(best["data"][0]["b64_json"])
+
+
 def test_same_seed_and_prompt_give_identical_png_bytes(local_service):
     request = {"prompt": "a lighthouse at dusk", "seed": 1234}
     first, second = post(local_service, request).json(), post(local_service, request).json()
@@ -57,7 +68,7 @@ def test_same_seed_and_prompt_give_identical_png_bytes(local_service):
 
 def test_defaults_and_random_seed(local_service):
     body = post(local_service, {"prompt": "a teapot"}).json()
-    assert decode_png(body["data"][0]["b64_json"]).size == (512, 512)
+    assert decode_image(body["data"][0]["b64_json"]).size == (512, 512)
     assert 0 <= body["data"][0]["seed"] < 2**32
 
 
@@ -100,6 +111,9 @@ BAD_REQUESTS = [
     ({"prompt": "a cat", "seed": 2**32}, "seed"),
     ({"prompt": "a cat", "seed": "abc"}, "seed"),
     ({"prompt": "a cat", "response_format": "url"}, "response_format"),
+    ({"prompt": "a cat", "output_format": "gif"}, "output_format"),
+    ({"prompt": "a cat", "output_format": "jpeg", "output_compression": 101}, "output_compression"),
+    ({"prompt": "a cat", "output_compression": 50}, "output_compression"),  # png is lossless
     ({"prompt": "a cat", "negative_prompt": ["fog"]}, "negative_prompt"),
     ({"prompt": "a cat", "steps": 4}, "steps"),
     ('{"prompt": "a cat",', "body"),
@@ -184,11 +198,11 @@ def test_handle_call_from_a_ray_actor_returns_typed_images(local_service):
     caller = HandleCaller.remote()
     images = ray.get(caller.generate.remote(ImageRequest(prompt="a lighthouse at dusk", seed=1234, n=2)))
     assert [image.seed for image in images] == [1234, 1235]
-    assert Image.open(io.BytesIO(images[0].png)).size == (512, 512)
+    assert Image.open(io.BytesIO(images[0].image)).size == (512, 512) and images[0].output_format == "png"
     assert set(images[0].verification.scores) == {"tiny-clip-a", "tiny-clip-b"}
     # The handle and HTTP paths produce the same bytes for the same request.
     http = post(local_service, {"prompt": "a lighthouse at dusk", "seed": 1234, "n": 2}).json()
-    assert [base64.b64decode(item["b64_json"]) for item in http["data"]] == [image.png for image in images]
+    assert [base64.b64decode(item["b64_json"]) for item in http["data"]] == [image.image for image in images]
 
 
 @pytest.mark.parametrize(
@@ -243,7 +257,7 @@ def test_concurrent_requests_share_a_generator_forward_pass(local_service):
     for body, response in zip(bodies, batched, strict=True):
         alone = post(local_service, body).json()["data"][0]["b64_json"]
         together = response.json()["data"][0]["b64_json"]
-        a, b = (np.asarray(decode_png(image), dtype=float) for image in (alone, together))
+        a, b = (np.asarray(decode_image(image), dtype=float) for image in (alone, together))
         assert np.abs(a - b).mean() < 1.0  # the same image; a batch may change the last bits
 
 
@@ -323,6 +337,7 @@ def test_streaming_reports_progress_in_order_then_the_images(local_service):
     assert stages == [("denoising", 1), ("denoising", 2), ("denoising", 3), ("verifying", None)]
     completed = [e for e in events if e["type"] == "image_generation.completed"]
     assert [e["seed"] for e in completed] == [3, 4] and events[-1]["type"] == "image_generation.completed"
+    assert {e["output_format"] for e in completed} == {"png"}
     plain = post(local_service, body).json()["data"]
     assert [e["b64_json"] for e in completed] == [item["b64_json"] for item in plain]
 

@@ -196,11 +196,17 @@ def test_client_saves_the_image_and_reports_errors(service, tmp_path):
     )
     assert ok.returncode == 0, ok.stderr
     assert out.read_bytes().startswith(b"\x89PNG") and "seed 4" in ok.stdout and "passed" in ok.stdout
+    webp = tmp_path / "boat.webp"
     streamed = subprocess.run(
-        [*command, "--stream"], env={**os.environ, "VORTEX_API_KEY": API_KEY}, capture_output=True, text=True
+        [*command[:4], "-o", str(webp), "--size", "256x256", "--stream", "--format", "webp"],
+        env={**os.environ, "VORTEX_API_KEY": API_KEY},
+        capture_output=True,
+        text=True,
+        cwd=REPO,
     )
     assert streamed.returncode == 0, streamed.stderr
     assert "attempt 1: denoising 4/4" in streamed.stderr and "attempt 1: verifying" in streamed.stderr
+    assert webp.read_bytes()[8:12] == b"WEBP"
     refused = subprocess.run(command, env={**os.environ, "VORTEX_API_KEY": "nope"}, capture_output=True, text=True)
     assert refused.returncode != 0 and "401" in refused.stderr and "missing or invalid API key" in refused.stderr
 
