@@ -1,5 +1,5 @@
 """Serving one image request, for HTTP and handle callers alike: generate, verify, generate again with a
-new seed for every image that failed (up to `serving.max_attempts`), encode PNGs.
+new seed for every image that failed (up to `serving.max_attempts`), encode the image files (png, jpeg or webp).
 
 No HTTP here: `ingress.py` routes to this and turns its typed errors (`deployments.api`) into answers.
 """
@@ -193,4 +193,10 @@ class ImageService:
             raise VerificationFailedError(attempts)
         for slot in range(n):
             seed, file, verification = passed[slot]
-            yield GeneratedImage(file, request.output_format, seed, verification, attempts[slot])
+            yield GeneratedImage(
+                image=file,
+                output_format=request.output_format,
+                seed=seed,
+                verification=verification,
+                attempts=attempts[slot],
+            )
