@@ -49,7 +49,7 @@ def start_cluster(gpus: int, rehearse: bool):
     for gpu in range(gpus):
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)  # the raylet started next sees this GPU alone
         vram_gb = 24 if rehearse else int(gpu_memory([str(gpu)])[1] / GIB - 1)
-        node = {"num_cpus": 8, "num_gpus": 1, "resources": {"vram_gb": vram_gb}}
+        node = {"num_cpus": 4 if rehearse else 8, "num_gpus": 1, "resources": {"vram_gb": vram_gb}}
         cluster.add_node(**node, **({"include_dashboard": True} if gpu == 0 else {}))
         print(f"node {gpu}: GPU {gpu}, vram_gb {vram_gb}", flush=True)
     os.environ.pop("CUDA_VISIBLE_DEVICES")

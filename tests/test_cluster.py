@@ -68,7 +68,9 @@ def cluster(shell_env):
 
 
 def end_session(session: int) -> None:
-    """What `ray stop` does, for the processes of one session only (the README's lines and what they started)."""
+    """What `ray stop` does, for the processes of one session only (the README's lines and what they started),
+    including forgetting the cluster's address: `serve run` and `ray.init()` would try to join it."""
+    from ray._private.utils import get_ray_address_file
 
     def members() -> list[int]:
         pids = []
@@ -90,6 +92,7 @@ def end_session(session: int) -> None:
         deadline = time.monotonic() + grace_s
         while members() and time.monotonic() < deadline:
             time.sleep(0.5)
+    Path(get_ray_address_file(None)).unlink(missing_ok=True)
 
 
 def serve_cli(env: dict[str, str], *args: str, timeout_s: float = 120) -> subprocess.CompletedProcess:
@@ -118,20 +121,24 @@ def wait_until(condition, timeout_s: float, interval_s: float = 1.0) -> None:
     raise TimeoutError(f"condition not met within {timeout_s} s")
 
 
-def deploy(env: dict[str, str], tmp_path: Path, app: dict) -> subprocess.CompletedProcess:
-    """The README's preflight and `serve deploy` for a changed configs/local.yaml (deployed whatever the
-    preflight said); waits until the application runs again. Returns the preflight's result."""
+def deploy(
+    env: dict[str, str], tmp_path: Path, app: dict, preflight: bool = False
+) -> subprocess.CompletedProcess | None:
+    """`serve deploy` of a changed configs/local.yaml, after the README's preflight if asked (deployed whatever
+    it said); waits until the application runs again. Returns the preflight's result."""
     config = yaml.safe_load((REPO / "configs/local.yaml").read_text())
     config["applications"] = [app]
     path = tmp_path / f"config-{time.monotonic_ns()}.yaml"
     path.write_text(yaml.safe_dump(config))
-    check = [sys.executable, "-m", "deployments.check", str(path), "--address", DASHBOARD]
-    preflight = subprocess.run(check, cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    checked = None
+    if preflight:
+        check = [sys.executable, "-m", "deployments.check", str(path), "--address", DASHBOARD]
+        checked = subprocess.run(check, cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     result = serve_cli(env, "deploy", str(path))
     assert result.returncode == 0, result.stderr
     time.sleep(2)  # the controller takes the new config before its status says otherwise
     wait_until(lambda: app_status(env).get("status") == "RUNNING", timeout_s=180)
-    return preflight
+    return checked
 
 
 def replica_pids(deployment: str) -> set[int]:
@@ -187,14 +194,14 @@ def test_the_readme_cluster_serves_updates_in_place_drains_on_redeploy_and_stops
     kites = {"concepts": [{"name": "kites", "captions": ["a kite"], "threshold": -2.0}]}
     verifier_pids = replica_pids("ClipVerifier")
     verifier["user_config"] = {"policy": kites, "calibraton": {}}
-    preflight = deploy(shell_env, tmp_path, app)
+    preflight = deploy(shell_env, tmp_path, app, preflight=True)
     assert preflight.returncode == 1 and "user_config.calibraton: Extra inputs are not permitted" in preflight.stderr
     assert generate().status_code == 200  # still verified, with the old policy
     logs = Path("/tmp/ray/session_latest/logs/serve").glob("replica_vortex_ClipVerifier_*.log")
     assert "user_config refused; verifying with the last good settings" in "".join(p.read_text() for p in logs)
 
     verifier["user_config"] = {"policy": kites}
-    assert deploy(shell_env, tmp_path, app).returncode == 0
+    assert deploy(shell_env, tmp_path, app, preflight=True).returncode == 0
     wait_until(lambda: generate().status_code == 422, timeout_s=60)  # the new policy withholds kites
     assert replica_pids("ClipVerifier") == verifier_pids  # both updates in place: the same process
 
