@@ -39,6 +39,9 @@ def test_serve_run_local_profile_answers_http(tmp_path):
         stderr=subprocess.STDOUT,
         env={**os.environ, "RAY_AUTH_MODE": "disabled"},
         start_new_session=True,
+        # Ctrl-C works even when the suite runs as a background job, which starts with SIGINT ignored: `serve run`
+        # would inherit that, ignore the SIGINT below and be killed after a minute.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         wait_for_http(BASE_URL + "/healthz", timeout_s=180)  # the Ingress answers: alive
