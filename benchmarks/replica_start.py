@@ -92,8 +92,13 @@ def start_replica_engine(mode: str, rehearse: bool, cache_dir: str) -> dict:
         "allocated_gib": torch.cuda.memory_allocated() / GIB if cuda else 0.0,
         "reserved_gib": torch.cuda.memory_reserved() / GIB if cuda else 0.0,
     }
-    compiled = torch._dynamo.utils.counters["stats"]["unique_graphs"]
-    captured = len(engine.pipe.transformer.forward) if engine.config.cuda_graphs else 0
+
+    def compiled_and_captured() -> tuple[int, int]:
+        """Dynamo graphs compiled in this process, CUDA graphs the transformer holds."""
+        captured = len(engine.pipe.transformer.forward) if engine.config.cuda_graphs else 0
+        return torch._dynamo.utils.counters["stats"]["unique_graphs"], captured
+
+    compiled, captured = compiled_and_captured()
     first_request_s = {}
     for width, height in sizes:
         for batch in batches:
@@ -104,10 +109,9 @@ def start_replica_engine(mode: str, rehearse: bool, cache_dir: str) -> dict:
                 torch.cuda.synchronize()
             first_request_s[f"{width}x{height} b{batch}"] = time.perf_counter() - start
     result["first_request_s"] = first_request_s
-    result["compiled_on_requests"] = torch._dynamo.utils.counters["stats"]["unique_graphs"] - compiled
-    result["captured_on_requests"] = (
-        len(engine.pipe.transformer.forward) if engine.config.cuda_graphs else 0
-    ) - captured
+    compiled_after, captured_after = compiled_and_captured()
+    result["compiled_on_requests"] = compiled_after - compiled
+    result["captured_on_requests"] = captured_after - captured
     return result
 
 

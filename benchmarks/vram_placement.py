@@ -88,10 +88,13 @@ def placement_config(rehearse: bool, vram_per_generator: int, flux: dict | None 
     return config
 
 
-def replicas(dashboard: str, deployment: str) -> list[dict]:
+def application(dashboard: str) -> dict:
     details = requests.get(f"http://{dashboard}/api/serve/applications/", timeout=10).json()
-    app = details.get("applications", {}).get("vortex", {})
-    return app.get("deployments", {}).get(deployment, {}).get("replicas", [])
+    return details.get("applications", {}).get("vortex", {})
+
+
+def replicas(dashboard: str, deployment: str) -> list[dict]:
+    return application(dashboard).get("deployments", {}).get(deployment, {}).get("replicas", [])
 
 
 def wait_until(condition, timeout_s: float, what: str) -> None:
@@ -101,11 +104,6 @@ def wait_until(condition, timeout_s: float, what: str) -> None:
             return
         time.sleep(1)
     raise TimeoutError(f"{what} within {timeout_s} s")
-
-
-def application(dashboard: str) -> dict:
-    details = requests.get(f"http://{dashboard}/api/serve/applications/", timeout=10).json()
-    return details.get("applications", {}).get("vortex", {})
 
 
 def serve_errors(dashboard: str) -> str:

@@ -27,6 +27,11 @@ from deployments.config import AppArgs, VerifierUpdate, application_deployments
 USER_CONFIGS: dict[str, type[BaseModel]] = {"ClipVerifier": VerifierUpdate}
 
 
+def deployment_entry(app: dict, name: str) -> dict:
+    """The application's `deployments:` entry for `name`; empty when the config leaves it to the code."""
+    return next((entry for entry in app.get("deployments", []) if entry["name"] == name), {})
+
+
 def unknown_keys(section: dict, schema: type[BaseModel], where: str) -> list[str]:
     return [
         f"{where}.{key}: Ray does not know this key and would ignore it"
@@ -74,7 +79,7 @@ def config_problems(config: dict) -> list[str]:
                         problems += validation_problems(error, f"{at}.user_config")
                     except ValueError as error:
                         problems.append(f"{at}.user_config: {error}")
-        ingress = next((entry for entry in app.get("deployments", []) if entry["name"] == "Ingress"), {})
+        ingress = deployment_entry(app, "Ingress")
         if ingress.get("max_queued_requests", -1) != -1:
             problems.append(
                 f"{where}.deployments[Ingress].max_queued_requests: Ray's proxy would refuse requests in plain "
@@ -94,8 +99,7 @@ def replica_needs(app: dict) -> dict[str, dict[str, float]]:
     """What one replica of each deployment asks Ray for: its YAML options over the code's defaults."""
     needs = {}
     for deployment in application_deployments():
-        entry = next((e for e in app.get("deployments", []) if e["name"] == deployment.name), {})
-        options = entry.get("ray_actor_options", deployment.ray_actor_options)
+        options = deployment_entry(app, deployment.name).get("ray_actor_options", deployment.ray_actor_options)
         need = {"CPU": options.get("num_cpus", 1), "GPU": options.get("num_gpus", 0), **options.get("resources", {})}
         needs[deployment.name] = {resource: amount for resource, amount in need.items() if amount}
     return needs

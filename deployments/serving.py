@@ -56,14 +56,14 @@ class AcceptedRequest:
 
 def encode_images(pixels: np.ndarray, output_format: str, compression: int | None) -> list[bytes]:
     """uint8 [N, H, W, 3] pixels as png, jpeg or webp files; `compression` is the lossy formats' quality (100)."""
+    if output_format == "png":
+        options = {"compress_level": 1}  # 4x faster than the default 6
+    else:
+        options = {"quality": 100 if compression is None else compression}
     files = []
     for image in pixels:
         buffer = io.BytesIO()
-        if output_format == "png":
-            Image.fromarray(image).save(buffer, format="PNG", compress_level=1)  # 4x faster than the default 6
-        else:
-            quality = 100 if compression is None else compression
-            Image.fromarray(image).save(buffer, format=output_format.upper(), quality=quality)
+        Image.fromarray(image).save(buffer, format=output_format.upper(), **options)
         files.append(buffer.getvalue())
     return files
 

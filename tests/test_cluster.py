@@ -73,15 +73,7 @@ def end_session(session: int) -> None:
     from ray._private.utils import get_ray_address_file
 
     def members() -> list[int]:
-        pids = []
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
-                try:
-                    if os.getsid(int(entry.name)) == session:
-                        pids.append(int(entry.name))
-                except (ProcessLookupError, PermissionError):
-                    pass
-        return pids
+        return processes(lambda pid: os.getsid(pid) == session)
 
     for sig, grace_s in ((signal.SIGTERM, 3), (signal.SIGKILL, 5)):
         for pid in members():
@@ -141,17 +133,22 @@ def deploy(
     return checked
 
 
-def replica_pids(deployment: str) -> set[int]:
-    """Pids of the deployment's replica processes on this host."""
-    pids = set()
+def processes(matches) -> list[int]:
+    """Pids of this host's processes for which `matches(pid)` holds; those that end meanwhile are skipped."""
+    pids = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                if f"ServeReplica:vortex:{deployment}" in (entry / "cmdline").read_text():
-                    pids.add(int(entry.name))
-            except OSError:
+                if matches(int(entry.name)):
+                    pids.append(int(entry.name))
+            except OSError:  # ProcessLookupError, PermissionError and FileNotFoundError included
                 pass
     return pids
+
+
+def replica_pids(deployment: str) -> set[int]:
+    """Pids of the deployment's replica processes on this host."""
+    return set(processes(lambda pid: f"ServeReplica:vortex:{deployment}" in Path(f"/proc/{pid}/cmdline").read_text()))
 
 
 def generate(prompt: str = "a kite") -> requests.Response:
