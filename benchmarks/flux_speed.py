@@ -291,7 +291,7 @@ def print_table(card: str, results: list[dict], found: dict) -> None:
             print(f"  {row['mode']}: VAE decode at {side}x{side}, batch 1, eager: {row['vae_decode_ms']:.1f} ms")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--modes", nargs="+", choices=list(MODES)[1:], help="default: every mode")
     parser.add_argument("--model", help="A FLUX.1-schnell folder with real weights instead of random ones.")
@@ -301,7 +301,7 @@ def main() -> None:
     parser.add_argument("--out", default="flux_speed.json")
     parser.add_argument("--child", choices=list(MODES), help=argparse.SUPPRESS)
     parser.add_argument("--save-checkpoint", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     if args.child:  # one mode in this process; the parent reads the last line
         result = run_mode(args.child, args.model, args.iterations, args.save_checkpoint, args.rehearse)

@@ -115,14 +115,14 @@ def start_replica_engine(mode: str, rehearse: bool, cache_dir: str) -> dict:
     return result
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rehearse", action="store_true", help="CPU rehearsal: the tiny model, two sizes.")
     parser.add_argument("--cache-dir", help="compile_cache_dir to use (default: a new empty folder, so cold is cold)")
     parser.add_argument("--timeout-s", type=int, default=560, help="Per start.")
     parser.add_argument("--out", default="replica_start.json")
     parser.add_argument("--child", choices=["diffusers", "cold", "warm"], help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     if args.child:
         result = start_replica_engine(args.child, args.rehearse, args.cache_dir)

@@ -31,12 +31,12 @@ def p50_ms(engine: ClipEngine, batch: list, iterations: int) -> float:
     return 1000 * statistics.median(timed(lambda: engine.verify(batch), iterations))
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--iterations", type=int, default=20)
     parser.add_argument("--rehearse", action="store_true", help="CPU rehearsal: tiny models, no CUDA graphs.")
     parser.add_argument("--out", default="verifier_speed.json")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     rng = np.random.default_rng(0)
     batches = {

@@ -1,7 +1,9 @@
-"""Every benchmark still runs: its CPU rehearsal (tiny models, logical GPUs) as a user types it, so a config
-or API change that breaks one fails here. The VRAM placement rehearsal is also the test of VRAM-aware
+"""Every benchmark still runs: its CPU rehearsal (tiny models, logical GPUs) with a user's arguments, so a config
+or API change that breaks one fails here. Those that deploy run as a user types them; those that run in one
+process run in the test's own, which has imported the model stack already (a new one takes 10-20 s here). The VRAM placement rehearsal is also the test of VRAM-aware
 placement and scaling on a two-node cluster: its assertions are the behaviour a user relies on."""
 
+import importlib
 import json
 import subprocess
 import sys
@@ -20,8 +22,16 @@ def rehearse(tmp_path: Path, benchmark: str, *options: str, timeout_s: float = 3
     return json.loads(out.read_text())
 
 
-def test_flux_speed_rehearsal_measures_each_mode_against_diffusers(tmp_path):
-    results = rehearse(tmp_path, "flux_speed", "--iterations", "2")["results"]
+def rehearse_in_process(capsys, tmp_path: Path, benchmark: str, *options: str) -> dict:
+    """`benchmarks.BENCHMARK.main` with a user's arguments, in this process; returns the JSON it wrote."""
+    out = tmp_path / f"{benchmark}.json"
+    importlib.import_module(f"benchmarks.{benchmark}").main(["--rehearse", *options, "--out", str(out)])
+    assert "CPU rehearsal" in capsys.readouterr().out  # the table names the card
+    return json.loads(out.read_text())
+
+
+def test_flux_speed_rehearsal_measures_each_mode_against_diffusers(capsys, tmp_path):
+    results = rehearse_in_process(capsys, tmp_path, "flux_speed", "--iterations", "2")["results"]
     assert [row["mode"] for row in results] == ["diffusers-bf16", "vortex-bf16", "vortex-fp8"]
     for row in results:
         assert "error" not in row, row
@@ -30,13 +40,13 @@ def test_flux_speed_rehearsal_measures_each_mode_against_diffusers(tmp_path):
     assert list(results[1]["progression"]) == ["eager: our engine without speed options", "+ fused QKV"]
 
 
-def test_verifier_speed_rehearsal(tmp_path):
-    results = rehearse(tmp_path, "verifier_speed", "--iterations", "2")["results"]
+def test_verifier_speed_rehearsal(capsys, tmp_path):
+    results = rehearse_in_process(capsys, tmp_path, "verifier_speed", "--iterations", "2")["results"]
     assert set(results) == {"0"} and all(ms > 0 for ms in results["0"]["p50_ms"].values())
 
 
-def test_replica_start_rehearsal_warms_every_shape_so_requests_compile_nothing(tmp_path):
-    results = rehearse(tmp_path, "replica_start")["results"]
+def test_replica_start_rehearsal_warms_every_shape_so_requests_compile_nothing(capsys, tmp_path):
+    results = rehearse_in_process(capsys, tmp_path, "replica_start")["results"]
     assert [row["mode"] for row in results] == ["diffusers", "cold", "warm"]
     for row in results[1:]:
         assert row["shapes"] == 8 and len(row["first_request_s"]) == 8  # 2 sizes x batches of 1-4 images
