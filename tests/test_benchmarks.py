@@ -1,7 +1,8 @@
-"""Every benchmark still runs: its CPU rehearsal (tiny models, logical GPUs) with a user's arguments, so a config
-or API change that breaks one fails here. Those that deploy run as a user types them; those that run in one
-process run in the test's own, which has imported the model stack already (a new one takes 10-20 s here). The VRAM placement rehearsal is also the test of VRAM-aware
-placement and scaling on a two-node cluster: its assertions are the behaviour a user relies on."""
+"""Every benchmark still runs: its CPU rehearsal (tiny models, logical GPUs) with a user's arguments, so a
+config or API change that breaks one fails here. Those that deploy run as a user types them; those that run
+in one process run in the test's own, which has the model stack imported already (10-20 s per process here).
+The VRAM placement rehearsal is also the test of VRAM-aware placement and scaling on a two-node cluster: its
+assertions are the behaviour a user relies on."""
 
 import importlib
 import json
