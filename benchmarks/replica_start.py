@@ -77,18 +77,32 @@ def start_replica_engine(mode: str, rehearse: bool, cache_dir: str) -> dict:
     start = time.perf_counter()
     engine = FluxEngine.load(config, warmup_sizes=(), warmup_batch_sizes=())  # the load alone
     load_s = time.perf_counter() - start
-    start = time.perf_counter()
-    engine.warm_up(sizes, batches)
-    warmup_s = time.perf_counter() - start
+    warmup_per_shape_s = {}
+    for width, height in sizes:  # as engine.warm_up(sizes, batches), one shape at a time to see where time goes
+        for batch in batches:
+            start = time.perf_counter()
+            engine.warm_up([(width, height)], [batch])
+            warmup_per_shape_s[f"{width}x{height} b{batch}"] = time.perf_counter() - start
     ready_s = time.perf_counter() - PROCESS_START
     cuda = torch.cuda.is_available()
+    pipe = engine.pipe
+    runners = [pipe.transformer.forward, pipe.text_encoder.forward, pipe.text_encoder_2.forward, pipe.vae.decode]
     result = {
         "mode": mode,
         "shapes": len(sizes) * len(batches),
         "imports_s": imported_s,
         "load_s": load_s,
-        "warmup_s": warmup_s,
+        "warmup_s": sum(warmup_per_shape_s.values()),
         "ready_s": ready_s,
+        "warmup_per_shape_s": warmup_per_shape_s,
+        # Where the warm-up went: Dynamo's own phases (tracing, and the backend: Inductor or its cache), and the
+        # CUDA graph captures (each with the eager call before it, which is where a new shape compiles).
+        "dynamo_s": torch._dynamo.utils.calculate_time_spent(),
+        "capture_s": {
+            name: runner.capture_s
+            for name, runner in zip(["transformer", "clip_text", "t5", "vae_decode"], runners, strict=True)
+            if hasattr(runner, "capture_s")
+        },
         "allocated_gib": torch.cuda.memory_allocated() / GIB if cuda else 0.0,
         "reserved_gib": torch.cuda.memory_reserved() / GIB if cuda else 0.0,
     }
@@ -161,6 +175,12 @@ def main(argv: list[str] | None = None) -> None:
         f"\nafter the warm start: {warm['compiled_on_requests']} graphs compiled and {warm['captured_on_requests']} "
         f"captured by requests; slowest first request {slowest}: {warm['first_request_s'][slowest]:.3f} s"
     )
+    for row in results[1:]:
+        phases = {name: round(seconds, 1) for name, seconds in row["dynamo_s"].items()}
+        captures = {name: round(seconds, 1) for name, seconds in row["capture_s"].items()}
+        print(f"{row['mode']} warm-up: Dynamo {phases}; CUDA graph captures (eager call included) {captures}")
+        slowest_shapes = sorted(row["warmup_per_shape_s"].items(), key=lambda item: -item[1])[:5]
+        print(f"{row['mode']} warm-up, slowest shapes: " + ", ".join(f"{k} {v:.1f} s" for k, v in slowest_shapes))
     print(f"warm start: {warm['ready_s']:.1f} s from process start to serving (target: 20 s)")
     with open(args.out, "w") as f:
         json.dump({"card": card, "versions": versions(), "flux": flux, "results": results}, f, indent=2)

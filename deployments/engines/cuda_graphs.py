@@ -6,7 +6,7 @@ compilation a bf16 H100 step is GPU-bound and graphs save little (3 ms per image
 launches still dominate, e.g. NF4 (bitsandbytes) in the 12 GB mode. A CUDA graph records one call
 for one set of input shapes and replays all of its kernels with a single launch. Shapes in Flux are
 fixed per (batch, width, height): the prompts are padded to fixed lengths, so each new shape is
-captured once on first use (two warm-up calls and a capture) and replayed after that.
+captured once on first use (one eager call, which compiles, then the capture) and replayed after that.
 
 `torch.compile(mode="reduce-overhead")` builds graphs itself, but with regional compilation each
 block gets its own graph and overwrites the previous block's output (seen on an H100, torch 2.11:
@@ -15,6 +15,7 @@ the whole call around the regionally compiled blocks keeps the short compile and
 per denoising step.
 """
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
@@ -55,6 +56,7 @@ class CudaGraphRunner:
         self.max_graphs = max_graphs
         self.captured: dict[tuple, _CapturedCall] = {}
         self.pool = torch.cuda.graph_pool_handle()
+        self.capture_s = 0.0  # spent capturing, the eager call before each capture included (a replica's start)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if torch.is_grad_enabled():
@@ -65,7 +67,9 @@ class CudaGraphRunner:
         if call is None:
             if len(self.captured) >= self.max_graphs:
                 return self.function(*args, **kwargs)
+            start = time.perf_counter()
             call = self.captured[signature] = self._capture(leaves, spec)
+            self.capture_s += time.perf_counter() - start
         for static, value in zip(call.inputs, leaves, strict=True):
             if isinstance(static, torch.Tensor):
                 static.copy_(value)
@@ -76,12 +80,12 @@ class CudaGraphRunner:
         inputs = [x.clone() if isinstance(x, torch.Tensor) else x for x in leaves]
         args, kwargs = tree_unflatten(inputs, spec)
         # Warm up on a side stream, as torch.cuda.graph's docs ask: compilation, autotuning and
-        # cuBLAS workspaces must happen before capture, not inside it.
+        # cuBLAS workspaces must happen before capture, not inside it. One call does all three (the docs'
+        # example makes three); each call of a large shape costs a replica's start tenths of a second.
         side = _capture_stream(torch.cuda.current_device())
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
-            for _ in range(2):
-                self.function(*args, **kwargs)
+            self.function(*args, **kwargs)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         # thread_local: other threads of the replica (metrics, the event loop) may touch CUDA meanwhile.
