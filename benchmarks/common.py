@@ -60,8 +60,9 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
-def diffusers_runner(pipe, side: int = SIDE) -> Callable[[list[str], list[int]], object]:
-    """The baseline: plain `FluxPipeline.__call__` as its documentation shows it, one image per seed."""
+def diffusers_runner(pipe, side: int = SIDE, height: int | None = None) -> Callable[[list[str], list[int]], object]:
+    """The baseline: plain `FluxPipeline.__call__` as its documentation shows it, one image per seed, `side`
+    wide and `height` (default `side`) high."""
     import torch
 
     def run(prompts: list[str], seeds: list[int]):
@@ -69,7 +70,7 @@ def diffusers_runner(pipe, side: int = SIDE) -> Callable[[list[str], list[int]],
             prompts,
             generator=[torch.Generator("cpu").manual_seed(seed) for seed in seeds],
             width=side,
-            height=side,
+            height=height or side,
             num_inference_steps=STEPS,
             guidance_scale=0.0,
             max_sequence_length=T5_TOKENS,

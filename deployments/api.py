@@ -19,21 +19,52 @@ from deployments.vram import GIB
 MAX_SEED = 2**32 - 1  # seeds are 32-bit, for requests and the engine alike
 
 
+Quality = Literal["auto", "low", "medium", "high", "xhigh", "max", "standard", "hd"]
+
+
 class ImageRequest(BaseModel):
-    """`POST /v1/images/generations`: the OpenAI Images API request plus Flux's own knobs."""
+    """`POST /v1/images/generations`: the OpenAI Images API request, whole, plus Flux's own knobs.
+
+    Every field the official `openai` client sends is accepted. What maps onto Flux is honoured; what does
+    not is accepted and ignored (`style`, `complexity`, `user`, `safety_identifier`, `model`); what cannot
+    be honoured is refused naming the field (`background: transparent`, `response_format: url`, gif/svg).
+    """
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
     prompt: str = Field(description="What to draw. Leading and trailing whitespace is ignored.")
     n: int = Field(1, ge=1, description="Number of images; the upper bound is the service's `max_images`.")
-    size: str = Field("512x512", description="WIDTHxHEIGHT, one of the service's `sizes`.")
-    response_format: Literal["b64_json"] = Field("b64_json", description="Images come back base64-encoded.")
+    size: str = Field("auto", description="WIDTHxHEIGHT, one of the service's `sizes`; `auto` is the first of them.")
+    quality: Quality = Field(
+        "auto",
+        description="Denoising steps: low 1, medium 2, high (xhigh, max, hd) 4, auto (standard) the service's "
+        "default (`limits.quality_steps`, `limits.default_steps`). `num_inference_steps` overrides it.",
+    )
+    background: Literal["auto", "opaque", "transparent"] = Field(
+        "auto", description="Flux draws opaque images: `transparent` is refused."
+    )
+    moderation: Literal["auto", "low"] = Field(
+        "auto", description="Accepted; the operator's content policy applies whatever a request asks."
+    )
+    style: Literal["vivid", "natural"] | None = Field(None, description="Accepted and ignored (a DALL-E 3 knob).")
+    complexity: Literal["low", "medium", "high"] | None = Field(None, description="Accepted and ignored.")
+    response_format: Literal["b64_json", "url"] = Field(
+        "b64_json", description="Images come back base64-encoded: `url` is refused (the service stores nothing)."
+    )
     output_format: Literal["png", "jpeg", "webp"] = Field("png", description="The images' file format.")
     output_compression: int | None = Field(
         None,
         ge=0,
         le=100,
         description="jpeg and webp only: quality in percent, 100 (the default) the least lossy, as OpenAI's field.",
+    )
+    stream: bool = Field(False, description="Answer with server-sent events: progress, previews, then each image.")
+    partial_images: int = Field(
+        0,
+        ge=0,
+        le=3,
+        description="With `stream`: previews during denoising (`image_generation.partial_image` events), each a "
+        "cheap linear projection of the model's current estimate, not a VAE decode. Ignored without `stream`.",
     )
     seed: int | None = Field(
         None, ge=0, le=MAX_SEED, description="Seed of the first image; image i uses seed + i. Random if absent."
@@ -43,9 +74,9 @@ class ImageRequest(BaseModel):
     )
     num_inference_steps: int | None = Field(None, ge=1, description="Denoising steps; FLUX.1-schnell needs 1-4.")
     include_embeddings: bool = Field(False, description="Return each image's CLIP embeddings in its verification.")
-    stream: bool = Field(False, description="Answer with server-sent events: progress, then each image.")
-    model: str | None = Field(None, description="Accepted for OpenAI client compatibility; one model is served.")
-    user: str | None = Field(None, description="Accepted for OpenAI client compatibility; not used.")
+    model: str | None = Field(None, description="Accepted and ignored: one model is served.")
+    user: str | None = Field(None, description="Accepted and ignored.")
+    safety_identifier: str | None = Field(None, description="Accepted and ignored.")
 
     @field_validator("prompt")
     @classmethod
@@ -53,6 +84,20 @@ class ImageRequest(BaseModel):
         if not prompt.strip():
             raise PydanticCustomError("blank_prompt", "must not be empty or whitespace")
         return prompt.strip()
+
+    @field_validator("background")
+    @classmethod
+    def _opaque_only(cls, background: str) -> str:
+        if background == "transparent":
+            raise PydanticCustomError("no_transparency", "transparent is not offered: Flux draws opaque images")
+        return background
+
+    @field_validator("response_format")
+    @classmethod
+    def _base64_only(cls, response_format: str) -> str:
+        if response_format == "url":
+            raise PydanticCustomError("no_urls", "url is not offered: images come back as b64_json (nothing is stored)")
+        return response_format
 
     @field_validator("output_compression")
     @classmethod
@@ -132,11 +177,45 @@ class GenerationJob:
     height: int
     steps: int
     negative_prompt: str | None = None
+    preview_steps: tuple[int, ...] = ()  # after which denoising steps the caller wants previews
 
     @property
     def key(self) -> tuple:
         """What jobs sharing one forward pass must have in common."""
         return (self.width, self.height, self.steps, self.negative_prompt)
+
+
+def preview_steps(partial_images: int, steps: int) -> tuple[int, ...]:
+    """The steps after which `partial_images` previews are taken: spread over the steps before the last (whose
+    image is the finished one), so with fewer steps than that there are fewer previews."""
+    return tuple(sorted({round(steps * (i + 1) / (partial_images + 1)) for i in range(partial_images)} - {0, steps}))
+
+
+class TokenCounts(BaseModel):
+    text_tokens: int
+    image_tokens: int
+
+
+class Usage(BaseModel):
+    """OpenAI's token accounting in Flux's units: the prompt's T5 tokens in, the image's latent patches out
+    (one per 16x16 pixels: 4096 for a 1024x1024 image)."""
+
+    input_tokens: int
+    input_tokens_details: TokenCounts
+    output_tokens: int
+    output_tokens_details: TokenCounts
+    total_tokens: int
+
+    @classmethod
+    def of(cls, text_tokens: int, width: int, height: int, images: int) -> "Usage":
+        image_tokens = images * (width // 16) * (height // 16)
+        return cls(
+            input_tokens=text_tokens,
+            input_tokens_details=TokenCounts(text_tokens=text_tokens, image_tokens=0),
+            output_tokens=image_tokens,
+            output_tokens_details=TokenCounts(text_tokens=0, image_tokens=image_tokens),
+            total_tokens=text_tokens + image_tokens,
+        )
 
 
 @dataclass
@@ -148,6 +227,17 @@ class GeneratedImage:
     seed: int
     verification: Verification
     attempts: list[Attempt]
+    text_tokens: int  # of the prompt, as Flux's T5 encoder read it (for `Usage`)
+
+
+@dataclass
+class PartialImage:
+    """A preview of image `slot` of a request while it is denoised (with `stream` and `partial_images`)."""
+
+    image: bytes  # a file in the request's `output_format`, at the request's size
+    output_format: str
+    slot: int
+    partial_image_index: int
 
 
 class ImageData(BaseModel):
@@ -170,7 +260,10 @@ class ImagesResponse(BaseModel):
     created: int = Field(description="Unix time the response was made.")
     request_id: str = Field(description="Also in the X-Request-ID header and the service's logs.")
     output_format: str = Field(description="The images' file format: png, jpeg or webp.")
-    size: str = Field(description="WIDTHxHEIGHT of every image.")
+    size: str = Field(description="WIDTHxHEIGHT of every image (what `auto` became).")
+    quality: Literal["low", "medium", "high"] = Field(description="What the denoising steps amounted to.")
+    background: Literal["opaque"] = Field("opaque", description="Flux draws opaque images.")
+    usage: Usage
     data: list[ImageData]
 
 

@@ -309,11 +309,17 @@ class ImageLimits(BaseModel):
     sizes: list[str] = Field(
         ["512x512", "768x768", "1024x1024", "768x1024", "1024x768"],
         min_length=1,
-        description="WIDTHxHEIGHT sizes offered; each side a multiple of 16 within flux.min_side..max_side.",
+        description="WIDTHxHEIGHT sizes offered, the first the default (a request's `size: auto`); each side a "
+        "multiple of 16 within flux.min_side..max_side.",
     )
     max_images: int = Field(4, ge=1, description="Largest `n` of a request.")
-    default_steps: int = Field(4, ge=1, description="Denoising steps when a request names none.")
+    default_steps: int = Field(4, ge=1, description="Denoising steps when a request names neither steps nor quality.")
     max_steps: int = Field(8, ge=1, description="Largest `num_inference_steps` of a request.")
+    quality_steps: dict[Literal["low", "medium", "high"], int] = Field(
+        {"low": 1, "medium": 2, "high": 4},
+        description="Denoising steps for a request's `quality` (xhigh, max and hd count as high; auto and "
+        "standard take `default_steps`). FLUX.1-schnell is distilled for 1-4 steps.",
+    )
     max_prompt_chars: int = Field(2000, ge=1, description="Longest prompt, in characters.")
     max_prompt_bytes: int = Field(
         4000, ge=1, description="Longest prompt or negative prompt in UTF-8 bytes; an emoji counts 4."
@@ -326,11 +332,12 @@ class ImageLimits(BaseModel):
 
     def check(self, request: ImageRequest) -> tuple[int, int, int]:
         """Raise `InvalidRequestError` for what the schema cannot know; return (width, height, steps)."""
-        if request.size not in self.sizes:
-            raise InvalidRequestError("size", f"must be one of {', '.join(self.sizes)}; got {request.size!r}")
+        size = self.sizes[0] if request.size == "auto" else request.size
+        if size not in self.sizes:
+            raise InvalidRequestError("size", f"must be auto or one of {', '.join(self.sizes)}; got {size!r}")
         if request.n > self.max_images:
             raise InvalidRequestError("n", f"must be at most {self.max_images}; got {request.n}")
-        steps = request.num_inference_steps or self.default_steps
+        steps = request.num_inference_steps or self._quality_steps(request.quality)
         if steps > self.max_steps:
             raise InvalidRequestError("num_inference_steps", f"must be at most {self.max_steps}; got {steps}")
         if len(request.prompt) > self.max_prompt_chars:
@@ -339,8 +346,26 @@ class ImageLimits(BaseModel):
             raise InvalidRequestError("prompt", f"must be at most {self.max_prompt_bytes} bytes in UTF-8")
         if request.negative_prompt and len(request.negative_prompt.encode()) > self.max_prompt_bytes:
             raise InvalidRequestError("negative_prompt", f"must be at most {self.max_prompt_bytes} bytes in UTF-8")
-        width, height = _width_height(request.size)
+        width, height = _width_height(size)
         return width, height, steps
+
+    def _quality_steps(self, quality: str) -> int:
+        if quality in ("auto", "standard"):
+            return self.default_steps
+        return self.quality_steps.get(quality, self.quality_steps["high"])  # xhigh, max, hd
+
+    def quality(self, steps: int) -> str:
+        """The quality a number of steps amounts to: the highest whose steps it reaches."""
+        reached = [name for name in ("low", "medium", "high") if steps >= self.quality_steps[name]]
+        return reached[-1] if reached else "low"
+
+    @field_validator("quality_steps")
+    @classmethod
+    def _every_quality_has_steps(cls, quality_steps: dict[str, int], info: ValidationInfo) -> dict[str, int]:
+        most = info.data.get("max_steps", 1)
+        if set(quality_steps) != {"low", "medium", "high"} or not all(1 <= n <= most for n in quality_steps.values()):
+            raise ValueError(f"needs low, medium and high, each 1 to max_steps ({most}) steps")
+        return quality_steps
 
 
 def _width_height(size: str) -> tuple[int, int]:

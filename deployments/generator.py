@@ -59,8 +59,10 @@ class FluxGenerator(BatchingReplica):
         self.batcher: asyncio.Task | None = None
 
     async def generate_stream(self, job: GenerationJob) -> AsyncIterator[dict | np.ndarray]:
-        """{"stage": "queued"} while another group of the batch runs, {"step": i, "steps": n} after each
-        denoising step, then uint8 pixels [len(seeds), height, width, 3].
+        """{"text_tokens": t} (the prompt's, as T5 reads it) when the job's group starts, {"stage": "queued"}
+        while another group of the batch runs, {"step": i, "steps": n} after each denoising step,
+        {"preview_step": i, "previews": uint8 [len(seeds), height / 8, width / 8, 3]} after each of
+        `job.preview_steps`, then uint8 pixels [len(seeds), height, width, 3].
 
         Call it with `handle.options(stream=True).generate_stream.remote(job)`.
         """
@@ -128,6 +130,16 @@ class FluxGenerator(BatchingReplica):
         first = jobs[0]
         prompts = [job.prompt for job in jobs for _ in job.seeds]
         seeds = [seed for job in jobs for seed in job.seeds]
+        bounds = np.cumsum([0] + [len(job.seeds) for job in jobs])
+        for waiting in members:
+            waiting.events.put_nowait({"text_tokens": self.engine.text_tokens(waiting.job.prompt)})
+
+        def send_previews(step: int, previews: np.ndarray) -> None:  # on the engine's thread
+            for waiting, (a, b) in zip(members, itertools.pairwise(bounds), strict=True):
+                if step in waiting.job.preview_steps:
+                    event = {"preview_step": step, "previews": previews[a:b]}
+                    loop.call_soon_threadsafe(waiting.events.put_nowait, event)
+
         with self.recording_batch(requests=len(jobs), images=len(seeds)):
             images = await asyncio.to_thread(
                 self.engine.generate,
@@ -138,10 +150,11 @@ class FluxGenerator(BatchingReplica):
                 steps=first.steps,
                 negative_prompt=first.negative_prompt,
                 on_step=lambda step, steps: loop.call_soon_threadsafe(_send, members, {"step": step, "steps": steps}),
+                preview_steps=set().union(*(job.preview_steps for job in jobs)),
+                on_preview=send_previews,
             )
             # The device-to-host copy waits for the GPU: off the event loop, which streams other callers' events.
             pixels = await asyncio.to_thread(to_uint8_pixels, images)
-        bounds = np.cumsum([0] + [len(job.seeds) for job in jobs])
         return [pixels[a:b] for a, b in itertools.pairwise(bounds)]
 
 

@@ -7,6 +7,7 @@ memory, a lost replica or an unavailable deployment (with Retry-After), 504 too 
 Handle callers call `generate` and get the typed errors.
 """
 
+import base64
 import hashlib
 import hmac
 import json
@@ -31,7 +32,9 @@ from deployments.api import (
     ImageRequest,
     ImagesResponse,
     InvalidRequestError,
+    PartialImage,
     ServiceUnavailableError,
+    Usage,
     VerificationFailedError,
     VortexError,
 )
@@ -231,8 +234,9 @@ class Ingress:
         """Generate `n` images for `prompt`, each verified against it, as base64 files (png, jpeg or webp).
 
         With `stream: true` the answer is server-sent events: `vortex.progress` (denoising step i of N,
-        verification started) as the work goes, then one `image_generation.completed` per image, or
-        one `error` event carrying what the non-streaming answer's status and body would have been.
+        verification started) as the work goes, `image_generation.partial_image` previews when
+        `partial_images` asks, then one `image_generation.completed` per image, or one `error` event
+        carrying what the non-streaming answer's status and body would have been.
         """
         accepted = self.service.accept(request)  # bad input is a plain 400, also before a stream starts
         if request.stream:
@@ -242,20 +246,44 @@ class Ingress:
             created=int(time.time()),
             request_id=request_id(),
             output_format=request.output_format,
-            size=request.size,
+            size=accepted.size,
+            quality=accepted.quality,
+            usage=Usage.of(images[0].text_tokens, accepted.width, accepted.height, len(images)),
             data=[ImageData.from_image(i) for i in images],
         )
 
     async def _server_sent_events(self, accepted: AcceptedRequest) -> AsyncIterator[str]:
+        """OpenAI's `image_generation.partial_image` and `image_generation.completed` events (their fields, and
+        `image_index`: which of the `n` images), with `vortex.progress` events between them."""
         try:
             async for event in self.service.generate(accepted):
-                if isinstance(event, GeneratedImage):
-                    event = {
+                if isinstance(event, dict):
+                    yield server_sent_event(event)
+                    continue
+                common = {
+                    "background": "opaque",
+                    "created_at": int(time.time()),
+                    "output_format": event.output_format,
+                    "quality": accepted.quality,
+                    "size": accepted.size,
+                }
+                if isinstance(event, PartialImage):
+                    payload = {
+                        "type": "image_generation.partial_image",
+                        "b64_json": base64.b64encode(event.image).decode(),
+                        **common,
+                        "partial_image_index": event.partial_image_index,
+                        "image_index": event.slot,
+                    }
+                else:
+                    usage = Usage.of(event.text_tokens, accepted.width, accepted.height, 1)
+                    payload = {
                         "type": "image_generation.completed",
-                        "output_format": event.output_format,
+                        **common,
+                        "usage": usage.model_dump(),
                         **ImageData.from_image(event).model_dump(mode="json"),
                     }
-                yield server_sent_event(event)
+                yield server_sent_event(payload)
         except Exception as error:  # after the 200 has gone, a stream can only end with an error event
             if not isinstance(error, VortexError):
                 logger.exception("request %s failed", request_id())
@@ -275,7 +303,8 @@ class Ingress:
         return [event async for event in self.generate_stream(request) if isinstance(event, GeneratedImage)]
 
     async def generate_stream(self, request: ImageRequest | dict) -> AsyncIterator[Event]:
-        """Handle API, streamed: progress dicts (`vortex.progress`) as they happen, then each `GeneratedImage`.
+        """Handle API, streamed: progress dicts (`vortex.progress`) as they happen (and, for a request with
+        `stream: true` and `partial_images`, each preview as a `PartialImage`), then each `GeneratedImage`.
 
         Call it with `handle.options(stream=True).generate_stream.remote(request)`; raises as `generate`.
         """

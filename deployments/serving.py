@@ -29,19 +29,21 @@ from deployments.api import (
     GenerationJob,
     ImageRequest,
     InvalidRequestError,
+    PartialImage,
     RejectionKind,
     RequestTimeoutError,
     ServiceUnavailableError,
     Verification,
     VerificationFailedError,
     VortexError,
+    preview_steps,
 )
 from deployments.config import ImageLimits, ServingConfig
 from deployments.observability import request_id, service_metrics
 
 logger = logging.getLogger("ray.serve")
 
-Event = dict | GeneratedImage  # progress dicts (`vortex.progress`), then each image
+Event = dict | PartialImage | GeneratedImage  # progress dicts (`vortex.progress`), previews, then each image
 
 
 @dataclass
@@ -52,6 +54,11 @@ class AcceptedRequest:
     width: int
     height: int
     steps: int
+    quality: str  # low, medium or high: what the steps amount to
+
+    @property
+    def size(self) -> str:
+        return f"{self.width}x{self.height}"
 
 
 def encode_images(pixels: np.ndarray, output_format: str, compression: int | None) -> list[bytes]:
@@ -66,6 +73,14 @@ def encode_images(pixels: np.ndarray, output_format: str, compression: int | Non
         Image.fromarray(image).save(buffer, format=output_format.upper(), **options)
         files.append(buffer.getvalue())
     return files
+
+
+def encode_previews(
+    previews: np.ndarray, width: int, height: int, output_format: str, compression: int | None
+) -> list[bytes]:
+    """Previews at the latent's resolution, scaled up to the image's size and encoded as the image will be."""
+    scaled = [np.asarray(Image.fromarray(preview).resize((width, height), Image.BILINEAR)) for preview in previews]
+    return encode_images(np.stack(scaled), output_format, compression)
 
 
 @contextmanager
@@ -109,7 +124,8 @@ class ImageService:
                 request = ImageRequest.model_validate(request)
             except ValidationError as exc:
                 raise InvalidRequestError.from_validation_error(exc) from None
-        return AcceptedRequest(request, *self.limits.check(request))
+        width, height, steps = self.limits.check(request)
+        return AcceptedRequest(request, width, height, steps, self.limits.quality(steps))
 
     async def unready(self) -> list[str]:
         """The deployments this service calls that have no running replica now: still loading and warming
@@ -124,7 +140,8 @@ class ImageService:
         return [handle.deployment_name for handle in (self.generator, self.verifier) if not running(handle)]
 
     async def generate(self, accepted: AcceptedRequest) -> AsyncIterator[Event]:
-        """Progress events as the work goes, then each verified image; the one place request latency is recorded.
+        """Progress events as the work goes (with `stream` and `partial_images`, previews of the first attempt's
+        images as `PartialImage`s), then each verified image; the one place request latency is recorded.
 
         Raises `VerificationFailedError`, `ServiceUnavailableError` (and its `OutOfGpuMemoryError`) or
         `RequestTimeoutError`.
@@ -152,18 +169,40 @@ class ImageService:
         attempts: list[list[Attempt]] = [[] for _ in range(n)]
         passed: dict[int, tuple[int, bytes, Verification]] = {}  # slot -> seed, image file, verdict
         pending = list(range(n))
+        text_tokens = 0  # the generator tells
         for attempt in range(1, self.serving.max_attempts + 1):
             # Slot i, attempt a uses seed first_seed + i + (a - 1) * n: reproducible, never repeated in a request.
             seeds = [(first_seed + slot + (attempt - 1) * n) % (MAX_SEED + 1) for slot in pending]
             progress = {"type": "vortex.progress", "attempt": attempt, "images": pending}
+            previews_at = preview_steps(request.partial_images, accepted.steps) if request.stream else ()
             job = GenerationJob(
-                request.prompt, seeds, accepted.width, accepted.height, accepted.steps, request.negative_prompt
+                request.prompt,
+                seeds,
+                accepted.width,
+                accepted.height,
+                accepted.steps,
+                request.negative_prompt,
+                previews_at if attempt == 1 else (),  # a retry streams its progress, not previews again
             )
             pixels = None
             with ray_failures_as_unavailable("FluxGenerator"):
                 async for event in self.generator.options(stream=True).generate_stream.remote(job):
                     if isinstance(event, np.ndarray):
                         pixels = event
+                    elif "text_tokens" in event:
+                        text_tokens = event["text_tokens"]
+                    elif "previews" in event:
+                        files = await asyncio.to_thread(
+                            encode_previews,
+                            event["previews"],
+                            accepted.width,
+                            accepted.height,
+                            request.output_format,
+                            request.output_compression,
+                        )
+                        index = previews_at.index(event["preview_step"])
+                        for slot, file in zip(pending, files, strict=True):
+                            yield PartialImage(file, request.output_format, slot, index)
                     else:  # {"stage": "queued"} behind another batch group, or {"step": i, "steps": n}
                         yield {**progress, "stage": "denoising", **event}
             yield {**progress, "stage": "verifying"}
@@ -199,4 +238,5 @@ class ImageService:
                 seed=seed,
                 verification=verification,
                 attempts=attempts[slot],
+                text_tokens=text_tokens,
             )

@@ -54,6 +54,14 @@ def test_replica_start_rehearsal_warms_every_shape_so_requests_compile_nothing(c
         assert row["compiled_on_requests"] == 0 and row["captured_on_requests"] == 0
 
 
+def test_outputs_rehearsal_times_previews_and_every_format(capsys, tmp_path):
+    rows = rehearse_in_process(capsys, tmp_path, "outputs", "--iterations", "2")["rows"]
+    assert [row["size"] for row in rows] == ["256x256"] and rows[0]["p50_with_previews_s"] > 0
+    encodings = rows[0]["encodings"]
+    assert set(encodings) == {"png", "jpeg 100", "jpeg 75", "webp 100", "webp 75"}
+    assert encodings["jpeg 75"]["bytes"] < encodings["jpeg 100"]["bytes"]
+
+
 def test_served_load_rehearsal_serves_every_request(tmp_path):
     options = ("--concurrency", "1", "2", "--requests-per-level", "4", "--port", "8123")
     result = rehearse(tmp_path, "served_load", *options)

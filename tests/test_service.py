@@ -111,6 +111,10 @@ BAD_REQUESTS = [
     ({"prompt": "a cat", "seed": 2**32}, "seed"),
     ({"prompt": "a cat", "seed": "abc"}, "seed"),
     ({"prompt": "a cat", "response_format": "url"}, "response_format"),
+    ({"prompt": "a cat", "background": "transparent"}, "background"),
+    ({"prompt": "a cat", "quality": "ultra"}, "quality"),
+    ({"prompt": "a cat", "moderation": "off"}, "moderation"),
+    ({"prompt": "a cat", "partial_images": 4}, "partial_images"),
     ({"prompt": "a cat", "output_format": "gif"}, "output_format"),
     ({"prompt": "a cat", "output_format": "jpeg", "output_compression": 101}, "output_compression"),
     ({"prompt": "a cat", "output_compression": 50}, "output_compression"),  # png is lossless
@@ -338,8 +342,69 @@ def test_streaming_reports_progress_in_order_then_the_images(local_service):
     completed = [e for e in events if e["type"] == "image_generation.completed"]
     assert [e["seed"] for e in completed] == [3, 4] and events[-1]["type"] == "image_generation.completed"
     assert {e["output_format"] for e in completed} == {"png"}
+    assert not [e for e in events if e["type"] == "image_generation.partial_image"]  # none asked for
     plain = post(local_service, body).json()["data"]
     assert [e["b64_json"] for e in completed] == [item["b64_json"] for item in plain]
+
+
+def openai_client(base_url: str):
+    from openai import OpenAI
+
+    return OpenAI(base_url=base_url + "/v1", api_key="unused", max_retries=0)
+
+
+def test_the_official_openai_client_sends_every_field_and_gets_typed_images(local_service):
+    client = openai_client(local_service)
+    plain = client.images.generate(prompt="a paper boat")
+    # auto size: the first offered; auto quality: the default steps (4, high)
+    assert (plain.size, plain.quality, plain.background, plain.output_format) == ("512x512", "high", "opaque", "png")
+    assert decode_image(plain.data[0].b64_json).size == (512, 512)
+    assert plain.usage.output_tokens == 32 * 32 and plain.usage.input_tokens_details.text_tokens > 0
+
+    fields = {"prompt": "a paper boat at dawn", "size": "512x512", "output_format": "webp", "output_compression": 70}
+    every = client.images.generate(
+        **fields,
+        model="flux.1-schnell",
+        n=2,
+        quality="low",
+        style="natural",
+        background="opaque",
+        moderation="low",
+        partial_images=2,  # without stream: ignored
+        response_format="b64_json",
+        user="someone",
+        safety_identifier="a-hash",
+        complexity="low",
+        stream=False,
+        extra_body={"seed": 7},
+    )
+    assert (every.size, every.quality, every.output_format, len(every.data)) == ("512x512", "low", "webp", 2)
+    assert all(
+        decode_image(d.b64_json).format == "WEBP" and decode_image(d.b64_json).size == (512, 512) for d in every.data
+    )
+    assert every.usage.output_tokens == 2 * 32 * 32 and every.usage.total_tokens > every.usage.output_tokens
+    high = client.images.generate(**fields, quality="high", extra_body={"seed": 7})
+    assert high.quality == "high" and high.data[0].b64_json != every.data[0].b64_json  # 4 steps, not 1
+
+
+def test_the_openai_client_streams_partial_images_then_the_images(local_service):
+    request = {"prompt": "a windmill", "size": "256x256", "n": 2, "output_format": "jpeg"}
+    stream = openai_client(local_service).images.generate(
+        **request, stream=True, partial_images=2, extra_body={"seed": 3}
+    )
+    events = [event for event in stream if event.type.startswith("image_generation.")]
+    partial = [event for event in events if event.type == "image_generation.partial_image"]
+    completed = [event for event in events if event.type == "image_generation.completed"]
+    # Two previews of each image (after steps 1 and 3 of 4), then the two images.
+    assert [(e.to_dict()["image_index"], e.partial_image_index) for e in partial] == [(0, 0), (1, 0), (0, 1), (1, 1)]
+    assert events[-2:] == completed
+    for event in partial + completed:
+        image = decode_image(event.b64_json)
+        assert (image.format, image.size, event.size, event.quality) == ("JPEG", (256, 256), "256x256", "high")
+    assert completed[0].usage.output_tokens == 16 * 16
+    # Previews change nothing: the same request without them draws the same images.
+    plain = post(local_service, {**request, "seed": 3}).json()["data"]
+    assert [event.b64_json for event in completed] == [item["b64_json"] for item in plain]
 
 
 def test_a_stream_that_fails_ends_with_an_error_event(strict_service):

@@ -9,7 +9,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 
 import numpy as np
 import torch
@@ -20,6 +20,7 @@ from deployments.config import FluxConfig
 from deployments.engines.common import check_device, out_of_memory, resolve_device
 from deployments.engines.flux_loading import load_flux_pipeline
 from deployments.engines.flux_speedups import optimize_pipeline
+from deployments.engines.previews import LatentPreviewer
 from deployments.vram import GIB
 
 logger = logging.getLogger(__name__)
@@ -70,6 +71,7 @@ class FluxEngine:
         self.device = device
         self._lock = threading.Lock()  # the pipeline's scheduler keeps per-call state: one call at a time
         self.prompt_cache = PromptCache(config.prompt_cache_size)
+        self._previewer: LatentPreviewer | None = None  # fitted on the first call that asks for previews
 
     @classmethod
     def load(
@@ -145,13 +147,17 @@ class FluxEngine:
         negative_prompt: str | None = None,
         out: torch.Tensor | None = None,
         on_step: Callable[[int, int], None] | None = None,
+        preview_steps: Collection[int] = (),
+        on_preview: Callable[[int, np.ndarray], None] | None = None,
     ) -> torch.Tensor:
         """One image per seed, as floats in [0, 1] shaped [len(seeds), 3, height, width].
 
         `prompt` is one prompt for every image, or one per seed (requests batched together).
         `negative_prompt` runs true classifier-free guidance (two transformer passes per step).
         With `out` ([N, 3, H, W], or [3, H, W] for one seed) the images are written into it and it
-        is returned. `on_step(step, steps)` is called after each denoising step (1-based).
+        is returned. `on_step(step, steps)` is called after each denoising step (1-based), and after each of
+        `preview_steps`, `on_preview(step, previews)` with uint8 [N, height / 8, width / 8, 3] previews of the
+        images (`previews.py`); without preview steps nothing is computed for them.
         Raises `ValueError` naming the parameter for bad input, `OutOfGpuMemoryError` when CUDA runs out.
         """
         # 1. Check the input.
@@ -162,10 +168,17 @@ class FluxEngine:
         expected = (len(seeds), 3, height, width)
         if out is not None and tuple(out.shape) not in (expected, expected[1:] if len(seeds) == 1 else None):
             raise ValueError(f"out: expected shape {list(expected)}, got {list(out.shape)}")
-        progress = {"callback_on_step_end": _step_callback(on_step, steps)} if on_step else {}
         generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
         images = None
         with self._lock:
+            previews = self._previews(preview_steps, on_preview, width, height)
+            step_end = _step_callback(on_step, steps, previews)
+            progress = {"callback_on_step_end": step_end} if step_end else {}
+            hook = (
+                self.pipe.transformer.register_forward_pre_hook(self._previewer.remember_step_input, with_kwargs=True)
+                if previews
+                else None
+            )
             try:
                 # 2. Prompt embeddings, from the cache where the prompt was seen.
                 embeds, pooled = self.prompt_cache.embed(prompts, self._encode)
@@ -196,11 +209,34 @@ class FluxEngine:
                 ).images
             except torch.cuda.OutOfMemoryError:
                 pass  # leave the handler first: its traceback pins the tensors we need to free
+            finally:
+                if hook:
+                    hook.remove()
             if images is None:
                 raise out_of_memory("generation", self.device, OUT_OF_MEMORY_ADVICE)
         if out is None:
             return images
         return out.copy_(images.reshape(out.shape))
+
+    def _previews(
+        self,
+        steps: Collection[int],
+        on_preview: Callable[[int, np.ndarray], None] | None,
+        width: int,
+        height: int,
+    ) -> Callable[[int, torch.Tensor], None] | None:
+        """What the step callback calls with the latents after each step, or None when no preview is wanted."""
+        if not steps or on_preview is None:
+            return None
+        if self._previewer is None:
+            self._previewer = LatentPreviewer(self.pipe)
+        previewer = self._previewer
+
+        def after_step(step: int, latents: torch.Tensor) -> None:
+            if step in steps:
+                on_preview(step, previewer.preview(latents, height, width))
+
+        return after_step
 
     def _encode(self, prompts: list[str]) -> dict[str, Embeddings]:
         """Both text encoders on `prompts` in one batch."""
@@ -230,6 +266,10 @@ class FluxEngine:
         if guidance < 0:
             raise ValueError(f"guidance: must not be negative, got {guidance}")
 
+    def text_tokens(self, prompt: str) -> int:
+        """Tokens of `prompt` the T5 encoder reads (it stops at `max_sequence_length`)."""
+        return min(len(self.pipe.tokenizer_2(prompt, verbose=False).input_ids), self.config.max_sequence_length)
+
     def _warn_if_truncated(self, prompt: str) -> None:
         """Say how much of a long prompt each text encoder reads, counted by the real tokenizers."""
         for name, tokenizer, limit in (
@@ -241,11 +281,20 @@ class FluxEngine:
                 logger.warning("Prompt is %d %s tokens; %s reads only the first %d.", count, name, name, limit)
 
 
-def _step_callback(on_step: Callable[[int, int], None], steps: int):
-    """diffusers' callback_on_step_end, reporting 1-based steps."""
+def _step_callback(
+    on_step: Callable[[int, int], None] | None,
+    steps: int,
+    previews: Callable[[int, torch.Tensor], None] | None,
+):
+    """diffusers' callback_on_step_end, reporting 1-based steps (None when nobody listens)."""
+    if on_step is None and previews is None:
+        return None
 
     def callback(pipe, step_index: int, timestep, callback_kwargs: dict) -> dict:
-        on_step(step_index + 1, steps)
+        if previews:
+            previews(step_index + 1, callback_kwargs["latents"])
+        if on_step:
+            on_step(step_index + 1, steps)
         return callback_kwargs
 
     return callback
