@@ -3,9 +3,9 @@
 After each step the model's estimate of the finished image is x0 = x' - sigma' * v, where x' is the
 latent after the step, sigma' its noise level and v the velocity the step moved along
 ((x' - x) / (sigma' - sigma), x being the latent the transformer was given). A preview is x0 turned
-into colours by a linear map from the 16 latent channels to RGB, at the latent's resolution (1/8 of
-the image's side). The map is fitted to the pipeline's own VAE once, by least squares on smooth random
-colour fields it encodes, so it holds for the real weights and for random ones alike.
+into colours by a linear map from the latent channels (16 in FLUX's VAE) to RGB, at the latent's
+resolution (1/8 of the image's side). The map is fitted to the pipeline's own VAE once, by least
+squares on smooth random colour fields it encodes, so it holds for real weights and random ones alike.
 """
 
 import numpy as np
@@ -18,7 +18,7 @@ class LatentPreviewer:
 
     def __init__(self, pipe: FluxPipeline, seed: int = 0) -> None:
         self.pipe = pipe
-        self.rgb_map = self._fit_rgb_map(seed)  # [17, 3]: 16 latent channels and a bias -> RGB in [-1, 1]
+        self.rgb_map = self._fit_rgb_map(seed)  # [channels + 1, 3]: the latent's channels and a bias -> RGB in [-1, 1]
         self.step_input: torch.Tensor | None = None  # the latent the transformer was last given
 
     @torch.inference_mode()
