@@ -4,7 +4,7 @@
     python -m benchmarks.vram_placement --rehearse 2           # CPU rehearsal: 2 logical GPUs, tiny models
 
 Each GPU gets its own raylet (CUDA_VISIBLE_DEVICES) advertising that GPU's memory as `vram_gb`
-(`deployments.vram`), so the resource is exact per GPU. The generator asks for half a GPU but more
+(`deployments.vram`), so the resource is exact per GPU. The generator asks for 0.45 GPU but more
 VRAM than half a card, so Ray could pack two on one GPU by `num_gpus` and only the VRAM resource
 spreads them. On a one-GPU host it asks for 40% of the card, so two share it and a third does not
 fit: that run measures the scale-up time with the profile's engine, not the spread. The script
@@ -78,7 +78,8 @@ def placement_config(rehearse: bool, vram_per_generator: int, flux: dict | None 
     if rehearse:
         deployments["Ingress"]["num_replicas"] = 1  # each replica process costs a 2-core machine seconds of imports
     generator = deployments["FluxGenerator"]
-    generator["ray_actor_options"] = {"num_cpus": 2, "num_gpus": 0.5, "resources": {"vram_gb": vram_per_generator}}
+    # The profile's 0.45 GPU: two generators and the verifier (0.1) fit one GPU by `num_gpus`.
+    generator["ray_actor_options"] = {"num_cpus": 2, "num_gpus": 0.45, "resources": {"vram_gb": vram_per_generator}}
     generator["autoscaling_config"].update(
         min_replicas=1,
         max_replicas=3,
@@ -220,7 +221,7 @@ def main() -> None:
     ray.init(address=cluster.address)
     try:
         dashboard = cluster.webui_url
-        # Half a GPU each, but more than half a node's VRAM: one replica per GPU. On a one-GPU host, 40% of
+        # Under half a GPU each, but more than half a node's VRAM: one replica per GPU. On a one-GPU host, 40% of
         # its VRAM: two replicas share the card (this measures the scale-up time, not the spread).
         from deployments.vram import GIB, gpu_memory
 

@@ -70,7 +70,7 @@ def test_served_load_rehearsal_serves_every_request(tmp_path):
 
 
 def test_vram_placement_rehearsal_scales_within_vram_and_back_down(tmp_path):
-    """Two nodes with one logical GPU and 24 `vram_gb` each; a generator asks for half a GPU and 13 GiB."""
+    """Two nodes with one logical GPU and 24 `vram_gb` each; a generator asks for 0.45 GPU and 13 GiB."""
     result = rehearse(tmp_path, "vram_placement", "2", "--hold-s", "3", timeout_s=420)
     load = result["load"]
     assert load["statuses"] and set(load["statuses"]) == {200}
@@ -78,5 +78,5 @@ def test_vram_placement_rehearsal_scales_within_vram_and_back_down(tmp_path):
     assert max(seen.count("RUNNING") for seen in states) == 2  # scaled up under load
     assert max(len(seen) for seen in states) <= 2  # never a third: no replica left pending for VRAM
     running = [replica for replica in result["placed"] if replica["state"] == "RUNNING"]
-    assert len({replica["node"] for replica in running}) == 2  # half a GPU each would share a node; VRAM cannot
+    assert len({replica["node"] for replica in running}) == 2  # 0.45 GPU each would share a node; VRAM cannot
     assert any("VRAM guard: FluxGenerator wants" in line for line in result["controller"])
