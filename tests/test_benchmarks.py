@@ -54,12 +54,18 @@ def test_replica_start_rehearsal_warms_every_shape_so_requests_compile_nothing(c
         assert row["compiled_on_requests"] == 0 and row["captured_on_requests"] == 0
 
 
-def test_outputs_rehearsal_times_previews_and_every_format(capsys, tmp_path):
-    rows = rehearse_in_process(capsys, tmp_path, "outputs", "--iterations", "2")["rows"]
-    assert [row["size"] for row in rows] == ["256x256"] and rows[0]["p50_with_previews_s"] > 0
-    encodings = rows[0]["encodings"]
-    assert set(encodings) == {"png", "jpeg 100", "jpeg 75", "webp 100", "webp 75"}
-    assert encodings["jpeg 75"]["bytes"] < encodings["jpeg 100"]["bytes"]
+def test_sizes_rehearsal_compares_each_size_with_diffusers_and_its_floor(capsys, tmp_path):
+    result = rehearse_in_process(capsys, tmp_path, "sizes", "--iterations", "2")
+    rows = result["rows"]
+    assert [row["size"] for row in rows] == ["256x256", "512x256"]
+    for row in rows:
+        assert row["diffusers_p50_s"] > 0 and row["p50_with_previews_s"] > 0
+        assert 0 < row["floor_s"] < row["p50_s"]  # no call beats the work at the measured matmul rate
+        assert row["work"]["transformer_linear_tflop"] > 0 and row["work"]["rest_tflop"] > 0
+        encodings = row["encodings"]
+        assert set(encodings) == {"png", "jpeg 100", "jpeg 75", "webp 100", "webp 75"}
+        assert encodings["jpeg 75"]["bytes"] < encodings["jpeg 100"]["bytes"]
+    assert rows[1]["work"]["transformer_linear_tflop"] > rows[0]["work"]["transformer_linear_tflop"]  # more pixels
 
 
 def test_served_load_rehearsal_serves_every_request(tmp_path):
