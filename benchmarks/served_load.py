@@ -1,29 +1,33 @@
 """Served end-to-end load on one GPU: HTTP requests against the real application, against plain diffusers.
 
     python -m benchmarks.served_load [--out served_load.json] [--concurrency 1 2 4 8 16]
+    python -m benchmarks.served_load --size 1024x1024 --output-format jpeg                     # another request
     python -m benchmarks.served_load --flux '{"random_weights": "full", "precision": "bf16"}'   # another engine mode
     python -m benchmarks.served_load --rehearse --concurrency 1 2 --requests-per-level 4      # CPU, tiny models
 
-In one process, on one card:
+In one process, on one card, for requests of one `--size` (default 512x512) and `--output-format`
+(default png):
   1. Baseline: the full-size FLUX.1-schnell architecture with seeded random bf16 weights in plain
-     diffusers `FluxPipeline`, eager, batch 1, 512x512, 4 steps, guidance 0, T5 length 256: P50 and
-     the batch-1 rate 1/P50. The pipeline is then freed so the card is Serve's.
+     diffusers `FluxPipeline`, eager, batch 1, at that size, 4 steps, guidance 0, T5 length 256: P50
+     and the batch-1 rate 1/P50. The pipeline is then freed so the card is Serve's.
   2. Ray starts in this process (no dashboard) and the application is deployed from
      `configs/gpu-80gb.yaml` the way `serve run CONFIG` deploys it (`deployments.app:build_app` with the
      YAML's `args:` and per-deployment options), adapted: proxy on 127.0.0.1, no API keys, one
      attempt per image, CLIP models with random weights of the real architectures and a calibration
      that accepts every image (no distractors, no policy concepts), one generator replica (0.8 GPU,
-     no autoscaling), the verifier on 0.1 GPU, no `vram_gb` resources, request batching up to 8.
-     So every request is exactly one generation, one dual-CLIP verification and one PNG encoding.
+     no autoscaling), the verifier on 0.1 GPU, no `vram_gb` resources, request batching up to 8, and
+     the one size offered (warmed up at every batch size). So every request is exactly one
+     generation, one dual-CLIP verification and one encoding in the asked format.
      The flux block is `--flux` (default: fp8, fused QKV, regional compile, CUDA graphs).
-  3. Closed-loop HTTP load on `POST /v1/images/generations` (as the README's curl example: 512x512,
-     one image, 4 steps), distinct prompts and seeds, at each concurrency: a warm-up round of
-     `concurrency` requests (untimed: the first batches of a new size), then up to
+  3. Closed-loop HTTP load on `POST /v1/images/generations` (one image, 4 steps), distinct prompts
+     and seeds, at each concurrency: a warm-up round of `concurrency` requests (untimed), then up to
      `--requests-per-level` requests, none started after `--level-timeout-s`. Per level: ok and
      failed requests (by status), P50 and P99 latency of the successful ones, images/s (images
-     returned / level wall time) and the generator's batch sizes (requests per batch).
-It prints a table naming the card and versions, the ratios against the targets (served P50 at
-concurrency 1 <= 0.25 s; saturation throughput >= 3x the diffusers batch-1 rate) and writes JSON.
+     returned / level wall time), the mean answer size and the generator's batch sizes.
+It prints a table naming the card and versions, the ratios against the size's targets (512x512:
+served P50 at concurrency 1 <= 0.25 s and saturation >= 3x the diffusers batch-1 rate; 1024x1024:
+<= 0.40 s and >= 2.5x) and writes JSON. Encoding time per format and size, measured alone, is
+`benchmarks.sizes`'s; here a format's cost shows in the P50 against a png run.
 `--rehearse` tries the script without a GPU: tiny models on the CPU as `configs/local.yaml` has
 them, 2 logical GPUs, no diffusers baseline; its numbers mean nothing.
 """
@@ -45,7 +49,6 @@ import yaml
 
 from benchmarks.common import (
     REPO,
-    SIDE,
     STEPS,
     card_name,
     diffusers_runner,
@@ -61,12 +64,12 @@ APP_CONFIG = REPO / "configs/gpu-80gb.yaml"
 CPU_CONFIG = REPO / "configs/local.yaml"
 GENERATIONS = "/v1/images/generations"
 GPU_FLUX = {"random_weights": "full", "precision": "fp8", "fuse_qkv": True, "compile": "regional"}
-TARGET_P50_S = 0.25
-TARGET_THROUGHPUT_X = 3.0
+# Per size: served P50 at concurrency 1 (s), saturation throughput over the diffusers batch-1 rate (issues 7, 15).
+TARGETS = {"512x512": (0.25, 3.0), "1024x1024": (0.40, 2.5)}
 
 
-def diffusers_baseline(calls: int) -> dict:
-    """Plain diffusers eager bf16 batch-1 latency on this card, measured before Serve takes it."""
+def diffusers_baseline(calls: int, size: str) -> dict:
+    """Plain diffusers eager bf16 batch-1 latency at `size` on this card, measured before Serve takes it."""
     import torch
 
     from deployments.engines.random_models import full_size_flux_pipeline
@@ -75,7 +78,8 @@ def diffusers_baseline(calls: int) -> dict:
     pipe = full_size_flux_pipeline(seed=0)
     pipe.set_progress_bar_config(disable=True)
     build_s = time.perf_counter() - start
-    run = diffusers_runner(pipe)
+    width, height = (int(side) for side in size.split("x"))
+    run = diffusers_runner(pipe, width, height)
 
     torch.cuda.reset_peak_memory_stats()
     for _ in range(3):  # cuBLAS/cuDNN warm-up; the first calls after a build run up to twice as long
@@ -102,7 +106,7 @@ def diffusers_baseline(calls: int) -> dict:
     return result
 
 
-def served_config(rehearse: bool, flux: dict | None, port: int, max_batch_size: int) -> dict:
+def served_config(rehearse: bool, flux: dict | None, port: int, max_batch_size: int, size: str) -> dict:
     """configs/gpu-80gb.yaml, adapted so each request is one generation + verification + PNG on one card."""
     config = yaml.safe_load(APP_CONFIG.read_text())
     config["proxy_location"] = "HeadOnly"
@@ -114,9 +118,9 @@ def served_config(rehearse: bool, flux: dict | None, port: int, max_batch_size: 
         args["flux"] = cpu_args["flux"]
         args["verifier"] = cpu_args["verifier"]
     if flux is not None or not rehearse:
-        # 512x512 only, which the load asks for: one CUDA graph per batch size, captured at start.
+        # One size, the load's: one CUDA graph per batch size, captured at start.
         args["flux"] = flux if flux is not None else {**GPU_FLUX, "cuda_graphs": max_batch_size}
-        args["limits"] = {**args.get("limits", {}), "sizes": ["512x512"]}
+    args["limits"] = {**args.get("limits", {}), "sizes": [size]}
     args["verifier"] = random_weight_verifier(args.get("verifier", {}))
     args["serving"] = {**args.get("serving", {}), "max_attempts": 1, "auth": {"disabled": True}}
     batching = args.setdefault("batching", {})
@@ -185,11 +189,12 @@ def wait_running(app_name: str, url: str, timeout_s: float) -> None:
     raise TimeoutError(f"{app_name} did not reach RUNNING within {timeout_s} s")
 
 
-async def one_request(session: aiohttp.ClientSession, url: str, index: int, timeout_s: float) -> dict:
-    """One README-style generation; the latency includes reading the whole body."""
-    body = {"prompt": prompt(index), "seed": index, "size": f"{SIDE}x{SIDE}", "n": 1, "num_inference_steps": STEPS}
+async def one_request(session: aiohttp.ClientSession, url: str, index: int, timeout_s: float, fields: dict) -> dict:
+    """One README-style generation with `fields` (size, output_format); the latency includes reading the body."""
+    body = {"prompt": prompt(index), "seed": index, "n": 1, "num_inference_steps": STEPS, **fields}
     start = time.perf_counter()
     images = 0
+    payload = b""
     try:
         async with session.post(url, json=body, timeout=aiohttp.ClientTimeout(total=timeout_s)) as response:
             payload = await response.read()
@@ -200,24 +205,25 @@ async def one_request(session: aiohttp.ClientSession, url: str, index: int, time
         status = "client timeout"
     except aiohttp.ClientError as error:
         status = type(error).__name__
-    return {"seconds": time.perf_counter() - start, "status": status, "images": images}
+    return {"seconds": time.perf_counter() - start, "status": status, "images": images, "bytes": len(payload)}
 
 
 async def burst(
-    url: str, concurrency: int, requests: int, first_index: int, level_timeout_s: float, request_timeout_s: float
+    url: str, concurrency: int, requests: int, first_index: int, args: argparse.Namespace
 ) -> tuple[list[dict], float]:
     """`concurrency` closed-loop clients share `requests`; none starts a request after the deadline."""
     results: list[dict] = []
     issued = 0
     start = time.perf_counter()
-    deadline = start + level_timeout_s
+    deadline = start + args.level_timeout_s
+    fields = {"size": args.size, "output_format": args.output_format}
 
     async def client(session: aiohttp.ClientSession) -> None:
         nonlocal issued
         while issued < requests and time.perf_counter() < deadline:
             index = first_index + issued
             issued += 1  # no await since the check: the event loop runs one client at a time
-            results.append(await one_request(session, url, index, request_timeout_s))
+            results.append(await one_request(session, url, index, args.request_timeout_s, fields))
 
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
         await asyncio.gather(*(client(session) for _ in range(concurrency)))
@@ -239,13 +245,9 @@ def batch_histogram(app_name: str) -> Counter[int] | None:
 
 def run_level(url: str, app_name: str, concurrency: int, requests: int, first_index: int, args) -> dict:
     """A warm-up round, then the timed load of one concurrency level."""
-    warmup, warmup_s = asyncio.run(
-        burst(url, concurrency, concurrency, first_index, args.level_timeout_s, args.request_timeout_s)
-    )
+    warmup, warmup_s = asyncio.run(burst(url, concurrency, concurrency, first_index, args))
     before = batch_histogram(app_name)
-    results, wall_s = asyncio.run(
-        burst(url, concurrency, requests, first_index + concurrency, args.level_timeout_s, args.request_timeout_s)
-    )
+    results, wall_s = asyncio.run(burst(url, concurrency, requests, first_index + concurrency, args))
     after = batch_histogram(app_name)
     ok = [r["seconds"] for r in results if r["status"] == 200]
     images = sum(r["images"] for r in results)
@@ -260,6 +262,7 @@ def run_level(url: str, app_name: str, concurrency: int, requests: int, first_in
         "images": images,
         "wall_s": wall_s,
         "images_per_s": images / wall_s,
+        "mean_response_kib": statistics.mean(r["bytes"] for r in results if r["status"] == 200) / 1024 if ok else None,
         "batch_histogram": batches,
         "mean_batch": sum(s * n for s, n in batches.items()) / sum(batches.values()) if batches else None,
         "warmup_s": warmup_s,
@@ -274,32 +277,40 @@ def seconds_or_dash(value: float | None) -> str:
     return f"{value:.3f}" if value is not None else "-"
 
 
-def report(card: str, found: dict, baseline: dict | None, startup_s: float, levels: list[dict], flux: dict) -> dict:
-    """The table and the ratios against issue #7's targets; returns the ratios for the JSON."""
-    print(f"\nserved FLUX.1-schnell, {SIDE}x{SIDE}, {STEPS} steps, 1 image per request, HTTP; flux {json.dumps(flux)}")
+def report(card: str, found: dict, baseline: dict | None, startup_s: float, levels: list[dict], args) -> dict:
+    """The table and the ratios against the size's targets (`TARGETS`); returns the ratios for the JSON."""
+    request = f"{args.size}, {STEPS} steps, 1 image per request as {args.output_format}"
+    print(f"\nserved FLUX.1-schnell, {request}, HTTP; flux {json.dumps(args.flux_block)}")
     print(f"card: {card}; {found}; startup {startup_s:.0f} s")
     if baseline:
         print(
-            f"baseline diffusers eager bf16 batch 1: P50 {baseline['p50']:.3f} s, "
+            f"baseline diffusers eager bf16 batch 1 at {args.size}: P50 {baseline['p50']:.3f} s, "
             f"{baseline['images_per_s']:.2f} img/s ({len(baseline['seconds'])} calls)"
         )
-    print(f"\n{'conc':>5}{'reqs':>6}{'ok':>5}  {'failed':<16}{'P50 s':>8}{'P99 s':>8}{'img/s':>8}{'batch':>7}  batches")
+    print(
+        f"\n{'conc':>5}{'reqs':>6}{'ok':>5}  {'failed':<16}{'P50 s':>8}{'P99 s':>8}{'img/s':>8}{'KiB':>7}{'batch':>7}"
+        "  batches"
+    )
     for level in levels:
         failed = ",".join(f"{status}x{n}" for status, n in level["failed"].items()) or "-"
         mean_batch = f"{level['mean_batch']:.2f}" if level["mean_batch"] else "-"
+        kib = f"{level['mean_response_kib']:.0f}" if level["mean_response_kib"] else "-"
         print(
             f"{level['concurrency']:>5}{level['requests']:>6}{level['ok']:>5}  {failed:<16}"
             f"{seconds_or_dash(level['p50']):>8}{seconds_or_dash(level['p99']):>8}{level['images_per_s']:>8.2f}"
-            f"{mean_batch:>7}  {level['batch_histogram'] if level['batch_histogram'] is not None else '-'}"
+            f"{kib:>7}{mean_batch:>7}  {level['batch_histogram'] if level['batch_histogram'] is not None else '-'}"
         )
 
-    ratios: dict = {"target_p50_s": TARGET_P50_S, "target_throughput_x": TARGET_THROUGHPUT_X}
+    target_p50_s, target_throughput_x = TARGETS.get(args.size, (None, None))
+    ratios: dict = {"target_p50_s": target_p50_s, "target_throughput_x": target_throughput_x}
     single = next((level for level in levels if level["concurrency"] == 1 and level["p50"] is not None), None)
     print()
     if single:
-        met = "met" if single["p50"] <= TARGET_P50_S else "NOT met"
-        line = f"served P50 at concurrency 1: {single['p50']:.3f} s (target <= {TARGET_P50_S} s: {met})"
-        ratios.update(served_p50_c1=single["p50"], p50_target_met=single["p50"] <= TARGET_P50_S)
+        line = f"served P50 at concurrency 1: {single['p50']:.3f} s"
+        ratios["served_p50_c1"] = single["p50"]
+        if target_p50_s is not None:
+            ratios["p50_target_met"] = single["p50"] <= target_p50_s
+            line += f" (target <= {target_p50_s} s: {'met' if ratios['p50_target_met'] else 'NOT met'})"
         if baseline:
             ratios["served_p50_c1_over_diffusers_p50"] = single["p50"] / baseline["p50"]
             line += f"; x{ratios['served_p50_c1_over_diffusers_p50']:.2f} the diffusers batch-1 P50"
@@ -312,12 +323,12 @@ def report(card: str, found: dict, baseline: dict | None, startup_s: float, leve
         line = f"saturation: {best['images_per_s']:.2f} img/s at concurrency {best['concurrency']}"
         if baseline:
             multiple = best["images_per_s"] / baseline["images_per_s"]
-            met = "met" if multiple >= TARGET_THROUGHPUT_X else "NOT met"
-            ratios.update(saturation_over_diffusers_b1=multiple, throughput_target_met=multiple >= TARGET_THROUGHPUT_X)
-            line += (
-                f" = x{multiple:.2f} the diffusers eager batch-1 rate {baseline['images_per_s']:.2f} img/s "
-                f"(target >= {TARGET_THROUGHPUT_X:g}x: {met})"
-            )
+            ratios["saturation_over_diffusers_b1"] = multiple
+            line += f" = x{multiple:.2f} the diffusers eager batch-1 rate {baseline['images_per_s']:.2f} img/s"
+            if target_throughput_x is not None:
+                ratios["throughput_target_met"] = multiple >= target_throughput_x
+                met = "met" if ratios["throughput_target_met"] else "NOT met"
+                line += f" (target >= {target_throughput_x:g}x: {met})"
         else:
             line += " (no diffusers baseline in a rehearsal)"
         print(line)
@@ -337,6 +348,8 @@ def main() -> None:
     parser.add_argument("--startup-timeout-s", type=float, default=300.0)
     parser.add_argument("--baseline-calls", type=int, default=8)
     parser.add_argument("--max-batch-size", type=int, default=8, help="batching.generator.max_batch_size")
+    parser.add_argument("--size", default="512x512", help="WIDTHxHEIGHT of every request (the app offers it alone)")
+    parser.add_argument("--output-format", default="png", choices=["png", "jpeg", "webp"], help="of every request")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--out", default="served_load.json")
     args = parser.parse_args()
@@ -354,12 +367,12 @@ def main() -> None:
     card = card_name()
     found = versions()
     print(f"card: {card}; {found}", flush=True)
-    config = served_config(args.rehearse, args.flux, args.port, args.max_batch_size)
+    config = served_config(args.rehearse, args.flux, args.port, args.max_batch_size, args.size)
     app_config = config["applications"][0]
     AppArgs.model_validate(app_config["args"])  # refuse a bad --flux here, not in a replica
     app_name, url = app_config["name"], f"http://127.0.0.1:{args.port}"
 
-    baseline = None if args.rehearse else diffusers_baseline(args.baseline_calls)
+    baseline = None if args.rehearse else diffusers_baseline(args.baseline_calls, args.size)
 
     import ray
     from ray import serve
@@ -381,7 +394,7 @@ def main() -> None:
         print(f"held by Serve: {held}", flush=True)
 
         index = 1_000_000  # request prompts and seeds never repeat the baseline's
-        warmup = asyncio.run(burst(url + GENERATIONS, 1, 1, index, args.level_timeout_s, args.request_timeout_s))
+        warmup = asyncio.run(burst(url + GENERATIONS, 1, 1, index, args))
         index += 1
         print(f"warm-up request: {warmup[0][0]}", flush=True)
         levels = []
@@ -390,13 +403,13 @@ def main() -> None:
             levels.append(run_level(url + GENERATIONS, app_name, concurrency, requests, index, args))
             index += concurrency + requests
 
-        flux = app_config["args"]["flux"]
-        ratios = report(card, found, baseline, startup_s, levels, flux)
+        args.flux_block = app_config["args"]["flux"]
+        ratios = report(card, found, baseline, startup_s, levels, args)
         result = {
             "card": card,
             "versions": found,
             "rehearse": args.rehearse,
-            "request": {"size": f"{SIDE}x{SIDE}", "n": 1, "num_inference_steps": STEPS},
+            "request": {"size": args.size, "n": 1, "num_inference_steps": STEPS, "output_format": args.output_format},
             "config": config,
             "baseline": baseline,
             "ray_init_s": ray_s,

@@ -70,8 +70,9 @@ def test_sizes_rehearsal_compares_each_size_with_diffusers_and_its_floor(capsys,
 
 def test_served_load_rehearsal_serves_every_request(tmp_path):
     options = ("--concurrency", "1", "2", "--requests-per-level", "4", "--port", "8123")
-    result = rehearse(tmp_path, "served_load", *options)
+    result = rehearse(tmp_path, "served_load", *options, "--size", "256x256", "--output-format", "jpeg")
     assert [(level["concurrency"], level["ok"]) for level in result["levels"]] == [(1, 4), (2, 4)]
+    assert result["request"]["size"] == "256x256" and all(level["mean_response_kib"] for level in result["levels"])
     assert result["ratios"]["served_p50_c1"] > 0
 
 
