@@ -32,6 +32,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+def dashboard_metrics() -> set[str]:
+    """The metrics the Grafana dashboard queries, as Prometheus names them (`ray_` prefix, no histogram suffix)."""
+    import json
+    import re
+
+    dashboard = json.loads((REPO / "configs/grafana/vortex-dashboard.json").read_text())
+    exprs = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+    names = {name for expr in exprs for name in re.findall(r"\bray_[a-z_]+", expr)}
+    return {re.sub(r"_(bucket|sum|count)$", "", name) for name in names}
+
+
 def load_yaml(relative_path: str) -> dict:
     return yaml.safe_load((REPO / relative_path).read_text())
 

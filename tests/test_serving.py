@@ -10,6 +10,7 @@ asked to verify the prompt `CRASH_VERIFIER`.
 import base64
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -20,7 +21,7 @@ import pytest
 import requests
 import torch
 
-from conftest import BASE_URL, REPO, local_app_config
+from conftest import BASE_URL, REPO, dashboard_metrics, local_app_config
 
 API_KEY = "test-key-6f1c"
 CRASH_VERIFIER = "a prompt the verifier dies of"
@@ -182,6 +183,9 @@ def test_metrics_reach_prometheus(service):
     assert all(name in text for name in wanted), [name for name in wanted if name not in text]
     assert 'status="503"' in text and 'status="200"' in text
     assert 'deployment="FluxGenerator"' in text and 'deployment="ClipVerifier"' in text
+    # Serve's own metrics on the Grafana dashboard are ones Ray 2.60 exports.
+    serve_metrics = {name for name in dashboard_metrics() if name.startswith("ray_serve_")}
+    assert serve_metrics and all(re.search(rf"^{name}", text, re.M) for name in serve_metrics), serve_metrics
 
 
 def test_client_saves_the_image_and_reports_errors(service, tmp_path):
