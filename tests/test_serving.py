@@ -202,17 +202,29 @@ def test_client_saves_the_image_and_reports_errors(service, tmp_path):
     assert out.read_bytes().startswith(b"\x89PNG") and "seed 4" in ok.stdout and "passed" in ok.stdout
     webp = tmp_path / "boat.webp"
     streamed = subprocess.run(
-        [*command[:4], "-o", str(webp), "--size", "256x256", "--stream", "--format", "webp"],
+        [*command[:4], "-o", str(webp), "--size", "256x256", "--stream", "--format", "webp", "--partial-images", "1"],
         env={**os.environ, "VORTEX_API_KEY": API_KEY},
         capture_output=True,
         text=True,
         cwd=REPO,
     )
     assert streamed.returncode == 0, streamed.stderr
-    assert "attempt 1: denoising 4/4" in streamed.stderr and "attempt 1: verifying" in streamed.stderr
+    # A progress bar (tqdm) over the 4 steps, then the verification; the preview after step 2 saved beside the image.
+    assert "attempt 1" in streamed.stderr and "4/4" in streamed.stderr and "verifying" in streamed.stderr
     assert webp.read_bytes()[8:12] == b"WEBP"
+    assert (tmp_path / "boat.partial0.0.webp").read_bytes()[8:12] == b"WEBP"
     refused = subprocess.run(command, env={**os.environ, "VORTEX_API_KEY": "nope"}, capture_output=True, text=True)
     assert refused.returncode != 0 and "401" in refused.stderr and "missing or invalid API key" in refused.stderr
+
+
+def test_client_help_lists_every_request_field():
+    from deployments.api import ImageRequest
+
+    shown = subprocess.run(
+        [sys.executable, "-m", "deployments.client", "--help"], capture_output=True, text=True, cwd=REPO
+    ).stdout
+    options = {name: f"--{name.replace('_', '-')}" for name in ImageRequest.model_fields if name != "prompt"}
+    assert [option for option in options.values() if option not in shown] == [] and "prompt" in shown
 
 
 def test_fuzzed_invalid_requests_never_get_a_5xx(service):
