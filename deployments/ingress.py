@@ -19,7 +19,7 @@ from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException
@@ -50,7 +50,9 @@ app = FastAPI(
     version="0.1.0",
 )
 GENERATIONS = "/v1/images/generations"
-OPEN_PATHS = {"/healthz", "/readyz", "/docs", "/openapi.json", "/docs/oauth2-redirect", "/redoc"}
+OPEN_PATHS = {"/", "/healthz", "/readyz", "/docs", "/openapi.json", "/docs/oauth2-redirect", "/redoc"}
+# The playground: one page, no build step and nothing fetched from elsewhere (many clusters have no internet).
+PLAYGROUND = (Path(__file__).with_name("playground.html")).read_text()
 
 
 class AuthenticationError(VortexError):
@@ -205,6 +207,13 @@ class Ingress:
         for key in self.api_keys:  # every key is compared: the time says nothing about which keys exist
             matched |= hmac.compare_digest(digest, key)
         return scheme.lower() == "bearer" and matched
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def playground(self) -> str:
+        """A page to try prompts in a browser: progress and previews from the stream, then each image's verification.
+        It asks for an API key when the service answers 401."""
+        options = {"sizes": self.limits.sizes, "max_images": self.limits.max_images}
+        return PLAYGROUND.replace("__OPTIONS__", json.dumps(options).replace("</", "<\\/"))
 
     @app.get("/healthz")
     async def healthz(self) -> dict[str, str]:

@@ -437,3 +437,70 @@ def test_the_ingress_process_runs_without_the_model_stack(local_service):
     assert post(local_service, {"prompt": "a lighthouse", "size": "256x256"}).status_code == 200
     assert "libtorch" in replica_process_maps("FluxGenerator")  # the check can see torch where it is
     assert "libtorch" not in replica_process_maps("Ingress")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Chromium driven by Selenium (Debian's `chromium` and `chromium-driver`; `make test` installs them)."""
+    import shutil
+
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    chromium, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (chromium and driver_path):
+        pytest.skip("Chromium is not installed: apt-get install chromium chromium-driver (README, Tests)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1100,1300"):
+        options.add_argument(argument)
+    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    yield driver
+    driver.quit()
+
+
+def test_the_playground_makes_an_image_with_the_keyboard_and_shows_its_verification(local_service, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    browser.get(local_service + "/")
+    Select(browser.find_element(By.ID, "size")).select_by_value("256x256")
+    browser.find_element(By.ID, "seed").send_keys("7")
+    prompt = browser.find_element(By.ID, "prompt")
+    prompt.send_keys("a lighthouse at dusk")
+    prompt.send_keys(Keys.CONTROL, Keys.ENTER)  # submits from the keyboard
+    image = WebDriverWait(browser, 60).until(
+        lambda page: page.find_element(By.CSS_SELECTOR, "#results figure.result img[src^='data:image/png']")
+    )
+    WebDriverWait(browser, 10).until(lambda page: page.execute_script("return arguments[0].complete", image))
+    assert browser.execute_script("return [arguments[0].naturalWidth, arguments[0].naturalHeight]", image) == [256, 256]
+    shown = {
+        row.get_attribute("data-model"): float(row.get_attribute("data-score"))
+        for row in browser.find_elements(By.CSS_SELECTOR, "#results tr[data-model]")
+    }
+    answer = post(local_service, {"prompt": "a lighthouse at dusk", "size": "256x256", "seed": 7}).json()
+    assert shown == pytest.approx(answer["data"][0]["verification"]["scores"])  # the same image, verified alike
+    panel = browser.find_element(By.CSS_SELECTOR, "#results figcaption").text
+    assert "passed" in panel and "seed 7" in panel and "Attempts" in panel
+    assert browser.find_element(By.ID, "status").text == "Done: 1 image(s)"
+    browser.save_screenshot(str(tmp_path / "playground.png"))
+
+
+def test_the_playground_shows_a_refused_request_on_a_narrow_screen(local_service, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.set_window_size(380, 900)
+    browser.get(local_service + "/")
+    browser.execute_script("document.getElementById('prompt').value = 'x'.repeat(2001)")  # over limits.max_prompt_chars
+    browser.find_element(By.ID, "submit").click()
+    error = WebDriverWait(browser, 30).until(
+        lambda page: page.find_element(By.ID, "error") if page.find_element(By.ID, "error").is_displayed() else None
+    )
+    assert error.text.startswith("400: prompt: must be at most 2000 characters")
+    assert browser.find_element(By.ID, "results").text == ""
+    assert browser.execute_script(
+        "return document.documentElement.scrollWidth <= window.innerWidth"
+    )  # no sideways scroll
+    browser.save_screenshot(str(tmp_path / "playground-error.png"))
