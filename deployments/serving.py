@@ -170,11 +170,11 @@ class ImageService:
         passed: dict[int, tuple[int, bytes, Verification]] = {}  # slot -> seed, image file, verdict
         pending = list(range(n))
         text_tokens = 0  # the generator tells
+        previews_at = preview_steps(request.partial_images, accepted.steps) if request.stream else ()
         for attempt in range(1, self.serving.max_attempts + 1):
             # Slot i, attempt a uses seed first_seed + i + (a - 1) * n: reproducible, never repeated in a request.
             seeds = [(first_seed + slot + (attempt - 1) * n) % (MAX_SEED + 1) for slot in pending]
             progress = {"type": "vortex.progress", "attempt": attempt, "images": pending}
-            previews_at = preview_steps(request.partial_images, accepted.steps) if request.stream else ()
             job = GenerationJob(
                 request.prompt,
                 seeds,

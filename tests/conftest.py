@@ -141,3 +141,23 @@ def free_cuda() -> None:
 
 def generate(engine, seed: int = 0, **kwargs):
     return engine.generate(PROMPT, seeds=[seed], width=SIDE, height=SIDE, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Chromium driven by Selenium (Debian's `chromium` and `chromium-driver`; `make test` installs them)."""
+    import shutil
+
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    chromium, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (chromium and driver_path):
+        pytest.skip("Chromium is not installed: apt-get install chromium chromium-driver (README, Quick start)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1100,1300"):
+        options.add_argument(argument)
+    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    yield driver
+    driver.quit()

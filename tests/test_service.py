@@ -439,26 +439,6 @@ def test_the_ingress_process_runs_without_the_model_stack(local_service):
     assert "libtorch" not in replica_process_maps("Ingress")
 
 
-@pytest.fixture(scope="module")
-def browser():
-    """Headless Chromium driven by Selenium (Debian's `chromium` and `chromium-driver`; `make test` installs them)."""
-    import shutil
-
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    chromium, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
-    if not (chromium and driver_path):
-        pytest.skip("Chromium is not installed: apt-get install chromium chromium-driver (README, Tests)")
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1100,1300"):
-        options.add_argument(argument)
-    driver = webdriver.Chrome(service=Service(driver_path), options=options)
-    yield driver
-    driver.quit()
-
-
 def test_the_playground_makes_an_image_with_the_keyboard_and_shows_its_verification(local_service, browser, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys

@@ -217,6 +217,23 @@ def test_client_saves_the_image_and_reports_errors(service, tmp_path):
     assert refused.returncode != 0 and "401" in refused.stderr and "missing or invalid API key" in refused.stderr
 
 
+def test_the_playground_asks_for_the_api_key_and_then_generates(service, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(BASE_URL + "/")  # the page itself needs no key
+    browser.find_element(By.ID, "prompt").send_keys("a paper boat")
+    browser.find_element(By.ID, "submit").click()
+    key = WebDriverWait(browser, 30).until(
+        lambda page: page.find_element(By.ID, "api-key").is_displayed() and page.find_element(By.ID, "api-key")
+    )
+    assert browser.find_element(By.ID, "error").text.startswith("401: missing or invalid API key")
+    key.send_keys(API_KEY, Keys.ENTER)  # Enter in the key field sends the request again, with the key
+    WebDriverWait(browser, 60).until(lambda page: page.find_elements(By.CSS_SELECTOR, "#results figure.result img"))
+    assert not browser.find_element(By.ID, "error").is_displayed()
+
+
 def test_client_help_lists_every_request_field():
     from deployments.api import ImageRequest
 

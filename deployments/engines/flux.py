@@ -171,16 +171,17 @@ class FluxEngine:
         generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
         images = None
         with self._lock:
-            previews = self._previews(preview_steps, on_preview, width, height)
-            step_end = _step_callback(on_step, steps, previews)
-            progress = {"callback_on_step_end": step_end} if step_end else {}
-            hook = (
-                self.pipe.transformer.register_forward_pre_hook(self._previewer.remember_step_input, with_kwargs=True)
-                if previews
-                else None
-            )
+            hook = None
             try:
-                # 2. Prompt embeddings, from the cache where the prompt was seen.
+                # 2. Previews, if asked for: the first request that asks fits their colour map.
+                previews = self._previews(preview_steps, on_preview, width, height)
+                if previews:
+                    hook = self.pipe.transformer.register_forward_pre_hook(
+                        self._previewer.remember_step_input, with_kwargs=True
+                    )
+                step_end = _step_callback(on_step, steps, previews)
+                progress = {"callback_on_step_end": step_end} if step_end else {}
+                # 3. Prompt embeddings, from the cache where the prompt was seen.
                 embeds, pooled = self.prompt_cache.embed(prompts, self._encode)
                 true_cfg = {}
                 if negative_prompt:
@@ -192,7 +193,7 @@ class FluxEngine:
                         "negative_pooled_prompt_embeds": negative_pooled,
                         "true_cfg_scale": self.config.true_cfg_scale,
                     }
-                # 3. Denoise and decode.
+                # 4. Denoise and decode.
                 images = self.pipe(
                     prompt_embeds=embeds,
                     pooled_prompt_embeds=pooled,
