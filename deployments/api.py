@@ -20,6 +20,10 @@ MAX_SEED = 2**32 - 1  # seeds are 32-bit, for requests and the engine alike
 
 
 Quality = Literal["auto", "low", "medium", "high", "xhigh", "max", "standard", "hd"]
+NOT_OFFERED = {  # field: (the value refused, why)
+    "background": ("transparent", "Flux draws opaque images"),
+    "response_format": ("url", "images come back as b64_json (nothing is stored)"),
+}
 
 
 class ImageRequest(BaseModel):
@@ -85,19 +89,14 @@ class ImageRequest(BaseModel):
             raise PydanticCustomError("blank_prompt", "must not be empty or whitespace")
         return prompt.strip()
 
-    @field_validator("background")
+    @field_validator("background", "response_format")
     @classmethod
-    def _opaque_only(cls, background: str) -> str:
-        if background == "transparent":
-            raise PydanticCustomError("no_transparency", "transparent is not offered: Flux draws opaque images")
-        return background
-
-    @field_validator("response_format")
-    @classmethod
-    def _base64_only(cls, response_format: str) -> str:
-        if response_format == "url":
-            raise PydanticCustomError("no_urls", "url is not offered: images come back as b64_json (nothing is stored)")
-        return response_format
+    def _offered(cls, value: str, info: ValidationInfo) -> str:
+        """OpenAI values the schema names (so the client's requests validate) that this service cannot honour."""
+        refused, why = NOT_OFFERED[info.field_name]
+        if value == refused:
+            raise PydanticCustomError("not_offered", "{value} is not offered: {why}", {"value": value, "why": why})
+        return value
 
     @field_validator("output_compression")
     @classmethod
