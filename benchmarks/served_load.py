@@ -58,6 +58,7 @@ from benchmarks.common import (
     timed,
     versions,
 )
+from deployments.config import width_height
 from deployments.vram import GIB
 
 APP_CONFIG = REPO / "configs/gpu-80gb.yaml"
@@ -78,8 +79,7 @@ def diffusers_baseline(calls: int, size: str) -> dict:
     pipe = full_size_flux_pipeline(seed=0)
     pipe.set_progress_bar_config(disable=True)
     build_s = time.perf_counter() - start
-    width, height = (int(side) for side in size.split("x"))
-    run = diffusers_runner(pipe, width, height)
+    run = diffusers_runner(pipe, *width_height(size))
 
     torch.cuda.reset_peak_memory_stats()
     for _ in range(3):  # cuBLAS/cuDNN warm-up; the first calls after a build run up to twice as long
@@ -107,7 +107,8 @@ def diffusers_baseline(calls: int, size: str) -> dict:
 
 
 def served_config(rehearse: bool, flux: dict | None, port: int, max_batch_size: int, size: str) -> dict:
-    """configs/gpu-80gb.yaml, adapted so each request is one generation + verification + PNG on one card."""
+    """configs/gpu-80gb.yaml, adapted so each request is one generation + verification + encoding on one card,
+    offering `size` alone."""
     config = yaml.safe_load(APP_CONFIG.read_text())
     config["proxy_location"] = "HeadOnly"
     config["http_options"] = {"host": "127.0.0.1", "port": port}
@@ -277,10 +278,12 @@ def seconds_or_dash(value: float | None) -> str:
     return f"{value:.3f}" if value is not None else "-"
 
 
-def report(card: str, found: dict, baseline: dict | None, startup_s: float, levels: list[dict], args) -> dict:
+def report(
+    card: str, found: dict, baseline: dict | None, startup_s: float, levels: list[dict], args, flux: dict
+) -> dict:
     """The table and the ratios against the size's targets (`TARGETS`); returns the ratios for the JSON."""
     request = f"{args.size}, {STEPS} steps, 1 image per request as {args.output_format}"
-    print(f"\nserved FLUX.1-schnell, {request}, HTTP; flux {json.dumps(args.flux_block)}")
+    print(f"\nserved FLUX.1-schnell, {request}, HTTP; flux {json.dumps(flux)}")
     print(f"card: {card}; {found}; startup {startup_s:.0f} s")
     if baseline:
         print(
@@ -403,8 +406,7 @@ def main() -> None:
             levels.append(run_level(url + GENERATIONS, app_name, concurrency, requests, index, args))
             index += concurrency + requests
 
-        args.flux_block = app_config["args"]["flux"]
-        ratios = report(card, found, baseline, startup_s, levels, args)
+        ratios = report(card, found, baseline, startup_s, levels, args, app_config["args"]["flux"])
         result = {
             "card": card,
             "versions": found,

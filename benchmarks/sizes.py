@@ -22,27 +22,17 @@ The diffusers pipeline is freed before the engine loads. Prints tables naming th
 
 import argparse
 import json
-import statistics
-import time
 from functools import partial
 
 import torch
 import yaml
 
 from benchmarks.common import REPO, STEPS, card_name, diffusers_runner, percentile, prompt, timed, versions
+from deployments.config import width_height
 
 PROFILE = REPO / "configs/gpu-80gb.yaml"
 ATTENTION_OPS = ("attention", "bmm")  # aten._scaled_dot_product_*_attention, and attention as batched matmuls
 ENCODINGS = [("png", None), ("jpeg", 100), ("jpeg", 75), ("webp", 100), ("webp", 75)]
-
-
-def median_ms(call, repeats: int = 5) -> float:
-    seconds = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        seconds.append(time.perf_counter() - start)
-    return 1000 * statistics.median(seconds)
 
 
 def matmul_tflops(dtype: torch.dtype, device: str) -> float:
@@ -95,7 +85,7 @@ def diffusers_baseline(sizes: list[str], iterations: int, rehearse: bool) -> dic
     pipe.set_progress_bar_config(disable=True)
     baseline = {}
     for size in sizes:
-        width, height = (int(side) for side in size.split("x"))
+        width, height = width_height(size)
         run = diffusers_runner(pipe, width, height)
         for index in range(3):  # cuBLAS/cuDNN warm-up at this shape
             run([prompt(index)], [index])
@@ -115,7 +105,7 @@ def measure(engine, size: str, iterations: int, first_index: int) -> dict:
     from deployments.engines.flux import to_uint8_pixels
     from deployments.serving import encode_images, encode_previews
 
-    width, height = (int(side) for side in size.split("x"))
+    width, height = width_height(size)
     steps_with_previews = preview_steps(3, STEPS)
     previews = []
     index = first_index
@@ -140,7 +130,7 @@ def measure(engine, size: str, iterations: int, first_index: int) -> dict:
     encodings = {}
     for output_format, quality in ENCODINGS:
         encodings[f"{output_format} {quality or ''}".strip()] = {
-            "ms": median_ms(lambda: encode_images(pixels, output_format, quality)),  # noqa: B023 (called at once)
+            "ms": 1000 * percentile(timed(lambda: encode_images(pixels, output_format, quality), 5), 50),  # noqa: B023
             "bytes": len(encode_images(pixels, output_format, quality)[0]),
         }
     return {
@@ -148,7 +138,8 @@ def measure(engine, size: str, iterations: int, first_index: int) -> dict:
         "p50_s": percentile(plain, 50),
         "p50_with_previews_s": percentile(with_previews, 50),
         "previews": len(steps_with_previews),
-        "preview_encode_png_ms": median_ms(lambda: encode_previews(previews[-1], width, height, "png", None)),
+        "preview_encode_png_ms": 1000
+        * percentile(timed(lambda: encode_previews(previews[-1], width, height, "png", None), 5), 50),
         "encodings": encodings,
     }
 
@@ -166,7 +157,7 @@ def main(argv: list[str] | None = None) -> None:
 
     profile = AppArgs.model_validate(yaml.safe_load(PROFILE.read_text())["applications"][0]["args"])
     sizes = args.sizes or (["256x256", "512x256"] if args.rehearse else profile.limits.sizes)
-    shapes = [tuple(int(side) for side in size.split("x")) for size in sizes]
+    shapes = [width_height(size) for size in sizes]
     if args.rehearse:
         flux = {"random_weights": "tiny", "precision": "fp32", "device": "cpu"}
     else:

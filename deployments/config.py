@@ -328,7 +328,7 @@ class ImageLimits(BaseModel):
 
     def shapes(self) -> list[tuple[int, int]]:
         """(width, height) of every offered size."""
-        return [_width_height(size) for size in self.sizes]
+        return [width_height(size) for size in self.sizes]
 
     def check(self, request: ImageRequest) -> tuple[int, int, int]:
         """Raise `InvalidRequestError` for what the schema cannot know; return (width, height, steps)."""
@@ -346,7 +346,7 @@ class ImageLimits(BaseModel):
             raise InvalidRequestError("prompt", f"must be at most {self.max_prompt_bytes} bytes in UTF-8")
         if request.negative_prompt and len(request.negative_prompt.encode()) > self.max_prompt_bytes:
             raise InvalidRequestError("negative_prompt", f"must be at most {self.max_prompt_bytes} bytes in UTF-8")
-        width, height = _width_height(size)
+        width, height = width_height(size)
         return width, height, steps
 
     def _quality_steps(self, quality: str) -> int:
@@ -368,7 +368,8 @@ class ImageLimits(BaseModel):
         return quality_steps
 
 
-def _width_height(size: str) -> tuple[int, int]:
+def width_height(size: str) -> tuple[int, int]:
+    """ "WIDTHxHEIGHT" as (width, height)."""
     width, height = size.split("x")
     return int(width), int(height)
 

@@ -196,6 +196,8 @@ class Ingress:
         self.limits = limits
         self.serving = serving
         self.api_keys = load_api_keys(serving.auth)
+        options = json.dumps({"sizes": limits.sizes, "max_images": limits.max_images})
+        self.playground_page = PLAYGROUND.replace("__OPTIONS__", options.replace("</", "<\\/"))
         app.state.ingress = self
 
     def authorized(self, header: str | None) -> bool:
@@ -212,8 +214,7 @@ class Ingress:
     async def playground(self) -> str:
         """A page to try prompts in a browser: progress and previews from the stream, then each image's verification.
         It asks for an API key when the service answers 401."""
-        options = {"sizes": self.limits.sizes, "max_images": self.limits.max_images}
-        return PLAYGROUND.replace("__OPTIONS__", json.dumps(options).replace("</", "<\\/"))
+        return self.playground_page
 
     @app.get("/healthz")
     async def healthz(self) -> dict[str, str]:
