@@ -14,7 +14,10 @@ On one card, batch 1, 4 steps, guidance 0, T5 length 256, per size:
   3. the profile's engine (fp8, fused QKV, regional compile, CUDA graphs; random full-size weights),
      warmed up at every size: P50 without previews and with `partial_images: 3` (previews after
      steps 1, 2 and 3), new prompts every call;
-  4. its last image encoded as png, jpeg and webp at quality 100 and 75 by `serving.encode_images`,
+  4. where one transformer step of the engine spends its time: `torch.profiler`'s kernel times (device
+     time on a GPU) grouped into matmuls, attention, Inductor's fused kernels and the rest, and the rate
+     the matmuls and the attention reach (the step's counted work over their time);
+  5. its last image encoded as png, jpeg and webp at quality 100 and 75 by `serving.encode_images`,
      which the served path runs for every image: milliseconds (median of 5) and bytes; and a preview's
      encoding (`serving.encode_previews`: scaled up to the size, png).
 The diffusers pipeline is freed before the engine loads. Prints tables naming the card; writes JSON.
@@ -27,12 +30,29 @@ from functools import partial
 import torch
 import yaml
 
-from benchmarks.common import REPO, STEPS, card_name, diffusers_runner, percentile, prompt, timed, versions
+from benchmarks.common import (
+    REPO,
+    STEPS,
+    card_name,
+    diffusers_runner,
+    percentile,
+    prompt,
+    synchronize,
+    timed,
+    versions,
+)
 from deployments.config import width_height
 
 PROFILE = REPO / "configs/gpu-80gb.yaml"
 ATTENTION_OPS = ("attention", "bmm")  # aten._scaled_dot_product_*_attention, and attention as batched matmuls
 ENCODINGS = [("png", None), ("jpeg", 100), ("jpeg", 75), ("webp", 100), ("webp", 75)]
+# Kernel (GPU) or aten op (CPU) names by kind, for a step's profile; the first group that matches wins.
+KERNEL_KINDS = {
+    # Inductor's generated kernels (norms, modulation, activations, fp8 scaling), named after the ops they fuse
+    "fused": ("triton",),
+    "attention": ("attention", "sdpa", "fmha", "flash"),
+    "matmul": ("gemm", "nvjet", "cutlass", "scaled_mm", "aten::mm", "addmm", "bmm"),
+}
 
 
 def matmul_tflops(dtype: torch.dtype, device: str) -> float:
@@ -135,6 +155,7 @@ def measure(engine, size: str, iterations: int, first_index: int) -> dict:
         }
     return {
         "size": size,
+        "step_kernels_ms": step_kernels(engine, width, height),
         "p50_s": percentile(plain, 50),
         "p50_with_previews_s": percentile(with_previews, 50),
         "previews": len(steps_with_previews),
@@ -142,6 +163,36 @@ def measure(engine, size: str, iterations: int, first_index: int) -> dict:
         * percentile(timed(lambda: encode_previews(previews[-1], width, height, "png", None), 5), 50),
         "encodings": encodings,
     }
+
+
+def step_kernels(engine, width: int, height: int) -> dict[str, float]:
+    """Milliseconds of one denoising step's kernels by kind (`KERNEL_KINDS`, else "other"), at batch 1.
+
+    The step runs through the compiled blocks but not its CUDA graph, which hides the kernels from the profiler.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    transformer = engine.pipe.transformer
+    step = {}
+    hook = transformer.register_forward_pre_hook(
+        lambda module, args, kwargs: step.update(args=args, kwargs=kwargs), with_kwargs=True
+    )
+    try:
+        engine.generate(prompt(0), seeds=[0], width=width, height=height, steps=1)
+    finally:
+        hook.remove()
+    forward = getattr(transformer.forward, "function", transformer.forward)  # under the CudaGraphRunner
+    activities = [ProfilerActivity.CUDA] if torch.cuda.is_available() else [ProfilerActivity.CPU]
+    with torch.inference_mode(), profile(activities=activities) as profiler:
+        forward(*step["args"], **step["kwargs"])
+        synchronize()
+    kinds = dict.fromkeys([*KERNEL_KINDS, "other"], 0.0)
+    for event in profiler.key_averages():
+        microseconds = event.self_device_time_total if torch.cuda.is_available() else event.self_cpu_time_total
+        name = event.key.lower()
+        kind = next((kind for kind, words in KERNEL_KINDS.items() if any(word in name for word in words)), "other")
+        kinds[kind] += microseconds / 1000
+    return kinds
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -193,6 +244,19 @@ def main(argv: list[str] | None = None) -> None:
             f"{row['size']:<11}{sum(row['work'].values()):>7.1f}{row['floor_s']:>9.3f}{work['p50_s']:>12.3f}"
             f"{row['p50_s']:>8.3f}{work['p50_s'] / row['p50_s']:>11.2f}x{row['p50_s'] / row['floor_s']:>7.2f}x"
             f"{row['p50_with_previews_s']:>15.3f}{preview_ms:>11.1f}{row['preview_encode_png_ms']:>15.1f}"
+        )
+    print("\none denoising step's kernels (batch 1), ms, and the rates they reach against the card's measured peaks")
+    print(
+        f"{'size':<11}{'matmul':>8}{'attention':>10}{'fused':>7}{'other':>7}"
+        f"{'matmul TFLOP/s':>16}{'attention TFLOP/s':>19}"
+    )
+    for row in rows:
+        kernels, work = row["step_kernels_ms"], row["work"]
+        matmul_rate = work["transformer_linear_tflop"] / STEPS / max(kernels["matmul"], 1e-9) * 1000
+        attention_rate = work["transformer_attention_tflop"] / STEPS / max(kernels["attention"], 1e-9) * 1000
+        print(
+            f"{row['size']:<11}{kernels['matmul']:>8.1f}{kernels['attention']:>10.1f}{kernels['fused']:>7.1f}"
+            f"{kernels['other']:>7.1f}{matmul_rate:>16.0f}{attention_rate:>19.0f}"
         )
     print(f"\n{'size':<11}{'format':<10}{'encode ms':>10}{'KiB':>9}")
     for row in rows:
