@@ -29,7 +29,8 @@ served P50 at concurrency 1 <= 0.25 s and saturation >= 3x the diffusers batch-1
 <= 0.40 s and >= 2.5x) and writes JSON. Encoding time per format and size, measured alone, is
 `benchmarks.sizes`'s; here a format's cost shows in the P50 against a png run.
 `--rehearse` tries the script without a GPU: tiny models on the CPU as `configs/local.yaml` has
-them, 2 logical GPUs, no diffusers baseline; its numbers mean nothing.
+them, one Ingress replica, 2 logical GPUs, no diffusers baseline; its numbers mean nothing. Called
+as `main(argv)` in a process that has started Ray already (a test session), it uses that Ray.
 """
 
 import argparse
@@ -128,6 +129,8 @@ def served_config(rehearse: bool, flux: dict | None, port: int, max_batch_size: 
     batching["generator"] = {**batching.get("generator", {}), "max_batch_size": max_batch_size}
 
     options = {deployment["name"]: deployment for deployment in app["deployments"]}
+    if rehearse:
+        options["Ingress"]["num_replicas"] = 1  # each replica process costs a 2-core machine seconds of imports
     generator = options["FluxGenerator"]
     generator.pop("autoscaling_config", None)  # one replica: the load measures it, not the autoscaler
     generator["num_replicas"] = 1
@@ -340,7 +343,7 @@ def report(
     return ratios
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rehearse", action="store_true", help="CPU rehearsal: tiny models, no baseline.")
     parser.add_argument("--flux", type=json.loads, help=f"the flux: block as JSON (GPU default {json.dumps(GPU_FLUX)})")
@@ -355,7 +358,7 @@ def main() -> None:
     parser.add_argument("--output-format", default="png", choices=["png", "jpeg", "webp"], help="of every request")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--out", default="served_load.json")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     # A plain ray.init() turns on token authentication and writes ~/.ray/auth_token; a benchmark needs none.
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -381,9 +384,12 @@ def main() -> None:
     from ray import serve
 
     start = time.perf_counter()
-    # Logical CPUs in a rehearsal: the GPU profile's replicas ask for 4 and a laptop may have 2.
-    cpus = {"num_cpus": 8} if args.rehearse else {}
-    ray.init(address="local", num_gpus=2 if args.rehearse else 1, include_dashboard=False, **cpus)
+    # A Ray already started in this process (a test session's, with logical GPUs) serves the rehearsal; else one
+    # starts here. Logical CPUs in a rehearsal: the GPU profile's replicas ask for 4 and a laptop may have 2.
+    own_ray = not ray.is_initialized()
+    if own_ray:
+        cpus = {"num_cpus": 8} if args.rehearse else {}
+        ray.init(address="local", num_gpus=2 if args.rehearse else 1, include_dashboard=False, **cpus)
     try:
         ray_s = time.perf_counter() - start
         start = time.perf_counter()
@@ -426,7 +432,8 @@ def main() -> None:
         print(f"wrote {args.out}", flush=True)
     finally:
         serve.shutdown()
-        ray.shutdown()
+        if own_ray:
+            ray.shutdown()
 
 
 if __name__ == "__main__":

@@ -1,7 +1,14 @@
 """Shared fixtures. Tests that need Ray start their own local cluster and end only that: the modules that
-serve through `serve.run` share one (`shared_ray`), each ending its own Serve applications."""
+serve through `serve.run` or `serve run`, and the served-load rehearsal, share one (`shared_ray`), each ending
+its own Serve applications."""
 
 import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -86,33 +93,73 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def shared_ray():
-    """A local Ray cluster for the test session's `serve.run` modules (a cluster start costs seconds of both
-    cores); yields the port its metrics are exported on. Logical CPUs: room for two applications at once."""
+    """A local Ray cluster for the test session's `serve.run` modules and in-process rehearsals (a cluster start
+    costs seconds of both cores); yields the port its metrics are exported on. Logical CPUs: room for two
+    applications at once; a logical GPU: the served-load rehearsal's replicas ask for 0.9."""
     import ray
 
     metrics_port = free_port()
-    ray.init(address="local", num_cpus=4, include_dashboard=False, _metrics_export_port=metrics_port)
+    ray.init(address="local", num_cpus=4, num_gpus=1, include_dashboard=False, _metrics_export_port=metrics_port)
     yield metrics_port
     ray.shutdown()
 
 
+@dataclass
+class ServeRun:
+    """A `serve run` process and what /readyz answered before its application was ready."""
+
+    process: subprocess.Popen
+    not_ready: list  # of requests.Response
+
+
 @pytest.fixture(scope="module")
-def local_service(shared_ray):
-    """The CPU profile served by `serve.run`, for one test module."""
-    from ray import serve
+def serve_run(shared_ray, tmp_path_factory):
+    """`serve run configs/local.yaml` as a user types it (README, Quick start), for one test module, waited for
+    until ready; Ctrl-C ends it after the module. It joins the session's Ray cluster (RAY_ADDRESS) instead of
+    starting one, so that the module's own actors and handles reach its application: one application start
+    serves both the CLI's test and the service's (each costs half a minute of both cores)."""
+    import ray
+    import requests
 
-    from deployments.app import build_app
-    from deployments.config import AppArgs
-
-    config = local_app_config()
+    serve_cli = shutil.which("serve", path=str(Path(sys.executable).parent)) or shutil.which("serve")
+    log = (tmp_path_factory.mktemp("serve_run") / "serve_run.log").open("w")
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    process = subprocess.Popen(
+        [serve_cli, "run", "configs/local.yaml"],
+        cwd=REPO,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
+        # Ctrl-C works even when the suite runs as a background job, which starts with SIGINT ignored: `serve run`
+        # would inherit that, ignore the SIGINT below and be killed after a minute.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     try:
-        # The YAML's `deployments:` options reach replicas through `serve run`/`serve deploy` (see
-        # test_cli.py); here the code's defaults apply, which fit the same 2 CPUs.
-        app = build_app(AppArgs.model_validate(config["args"]))
-        serve.run(app, name=config["name"], route_prefix=config["route_prefix"])
-        yield BASE_URL
+        wait_for_http(BASE_URL + "/healthz", timeout_s=180)  # the Ingress answers: alive
+        not_ready = []  # /readyz until it answers 200: the generator and verifier have loaded
+        deadline = time.monotonic() + 180
+        while (answer := requests.get(BASE_URL + "/readyz", timeout=10)).status_code != 200:
+            assert time.monotonic() < deadline, f"/readyz did not answer 200 within 180 s: {answer.text}"
+            not_ready.append(answer)
+            time.sleep(0.5)
+        assert answer.json() == {"status": "ready"}
+        yield ServeRun(process, not_ready)
     finally:
-        serve.shutdown()
+        process.send_signal(signal.SIGINT)  # what Ctrl-C does: serve run shuts Serve down
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        log.close()
+    assert process.returncode is not None
+
+
+@pytest.fixture(scope="module")
+def local_service(serve_run):
+    """The CPU profile, as `serve run configs/local.yaml` serves it; its base URL."""
+    return BASE_URL
 
 
 # GPU tests: the full-size architecture at the production default size.

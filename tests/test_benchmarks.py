@@ -1,8 +1,9 @@
 """Every benchmark still runs: its CPU rehearsal (tiny models, logical GPUs) with a user's arguments, so a
-config or API change that breaks one fails here. Those that deploy run as a user types them; those that run
-in one process run in the test's own, which has the model stack imported already (10-20 s per process here).
-The VRAM placement rehearsal is also the test of VRAM-aware placement and scaling on a two-node cluster: its
-assertions are the behaviour a user relies on."""
+config or API change that breaks one fails here. The VRAM placement rehearsal, which starts a cluster of its
+own, runs as a user types it; the others run in the test's own process, which has the model stack imported
+already (10-20 s per process here), the served-load rehearsal on the session's Ray cluster. The VRAM placement
+rehearsal is also the test of VRAM-aware placement and scaling on a two-node cluster: its assertions are the
+behaviour a user relies on."""
 
 import importlib
 import json
@@ -68,9 +69,12 @@ def test_sizes_rehearsal_compares_each_size_with_diffusers_and_its_floor(capsys,
     assert rows[1]["work"]["transformer_linear_tflop"] > rows[0]["work"]["transformer_linear_tflop"]  # more pixels
 
 
-def test_served_load_rehearsal_serves_every_request(tmp_path):
+def test_served_load_rehearsal_serves_every_request(capsys, tmp_path, shared_ray):
+    """On the session's Ray cluster: a cluster start and the model stack's imports cost a process 15 s here."""
     options = ("--concurrency", "1", "2", "--requests-per-level", "4", "--port", "8123")
-    result = rehearse(tmp_path, "served_load", *options, "--size", "256x256", "--output-format", "jpeg")
+    result = rehearse_in_process(
+        capsys, tmp_path, "served_load", *options, "--size", "256x256", "--output-format", "jpeg"
+    )
     assert [(level["concurrency"], level["ok"]) for level in result["levels"]] == [(1, 4), (2, 4)]
     assert result["request"]["size"] == "256x256" and all(level["mean_response_kib"] for level in result["levels"])
     assert result["ratios"]["served_p50_c1"] > 0
@@ -78,7 +82,8 @@ def test_served_load_rehearsal_serves_every_request(tmp_path):
 
 def test_vram_placement_rehearsal_scales_within_vram_and_back_down(tmp_path):
     """Two nodes with one logical GPU and 24 `vram_gb` each; a generator asks for 0.45 GPU and 13 GiB."""
-    result = rehearse(tmp_path, "vram_placement", "2", "--hold-s", "3", timeout_s=420)
+    # The load stays on for a second once two generators run: the guard holds the third back from the first decision.
+    result = rehearse(tmp_path, "vram_placement", "2", "--hold-s", "1", timeout_s=420)
     load = result["load"]
     assert load["statuses"] and set(load["statuses"]) == {200}
     states = load["replica_states"]

@@ -75,7 +75,8 @@ def end_session(session: int) -> None:
     def members() -> list[int]:
         return processes(lambda pid: os.getsid(pid) == session)
 
-    for sig, grace_s in ((signal.SIGTERM, 3), (signal.SIGKILL, 5)):
+    # A second's grace: some of a node's processes (its runtime env agent among them) outlast a SIGTERM by 8 s anyway.
+    for sig, grace_s in ((signal.SIGTERM, 1), (signal.SIGKILL, 5)):
         for pid in members():
             try:
                 os.kill(pid, sig)
@@ -83,7 +84,7 @@ def end_session(session: int) -> None:
                 pass
         deadline = time.monotonic() + grace_s
         while members() and time.monotonic() < deadline:
-            time.sleep(0.5)
+            time.sleep(0.25)
     Path(get_ray_address_file(None)).unlink(missing_ok=True)
 
 
@@ -116,21 +117,30 @@ def wait_until(condition, timeout_s: float, interval_s: float = 1.0) -> None:
 def deploy(
     env: dict[str, str], tmp_path: Path, app: dict, preflight: bool = False
 ) -> subprocess.CompletedProcess | None:
-    """`serve deploy` of a changed configs/local.yaml, after the README's preflight if asked (deployed whatever
-    it said); waits until the application runs again. Returns the preflight's result."""
+    """`serve deploy` of a changed configs/local.yaml, with the README's preflight if asked (deployed whatever it
+    said, so the two run side by side: each is seconds of imports); waits until the application runs the new
+    config. Returns the preflight's result."""
     config = yaml.safe_load((REPO / "configs/local.yaml").read_text())
     config["applications"] = [app]
     path = tmp_path / f"config-{time.monotonic_ns()}.yaml"
     path.write_text(yaml.safe_dump(config))
-    checked = None
+    check = None
     if preflight:
-        check = [sys.executable, "-m", "deployments.check", str(path), "--address", DASHBOARD]
-        checked = subprocess.run(check, cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+        command = [sys.executable, "-m", "deployments.check", str(path), "--address", DASHBOARD]
+        check = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deployed_before = app_status(env)["last_deployed_time_s"]
     result = serve_cli(env, "deploy", str(path))
     assert result.returncode == 0, result.stderr
-    time.sleep(2)  # the controller takes the new config before its status says otherwise
-    wait_until(lambda: app_status(env).get("status") == "RUNNING", timeout_s=180)
-    return checked
+
+    def runs_the_new_config() -> bool:  # the controller has it once `serve deploy` returns, DEPLOYING until it runs
+        status = app_status(env)
+        return status["last_deployed_time_s"] != deployed_before and status["status"] == "RUNNING"
+
+    wait_until(runs_the_new_config, timeout_s=180)
+    if check is None:
+        return None
+    stdout, stderr = check.communicate(timeout=60)
+    return subprocess.CompletedProcess(check.args, check.returncode, stdout, stderr)
 
 
 def processes(matches) -> list[int]:

@@ -1,4 +1,5 @@
-"""The CPU profile over real HTTP and through a DeploymentHandle from another Ray actor."""
+"""The CPU profile over real HTTP and through a DeploymentHandle from another Ray actor, served by
+`serve run configs/local.yaml` as a user types it (fixture `serve_run`)."""
 
 import base64
 import io
@@ -8,6 +9,7 @@ import ray
 import requests
 from PIL import Image
 
+from conftest import BASE_URL
 from deployments.api import ImageRequest, InvalidRequestError
 
 GENERATIONS = "/v1/images/generations"
@@ -23,6 +25,16 @@ def post(base_url: str, body: dict | str) -> requests.Response:
 
 def decode_image(b64: str) -> Image.Image:
     return Image.open(io.BytesIO(base64.b64decode(b64)))
+
+
+def test_serve_run_local_profile_answers_http(serve_run):
+    """`serve run configs/local.yaml` answers real HTTP: alive at once, ready once the models have loaded."""
+    assert serve_run.not_ready  # the Ingress answers seconds before the generator has loaded diffusers and Flux
+    assert all(answer.status_code == 503 and answer.headers["retry-after"] for answer in serve_run.not_ready)
+    assert all("not ready: no running replica of" in a.json()["error"]["message"] for a in serve_run.not_ready)
+    response = requests.post(BASE_URL + GENERATIONS, json={"prompt": "a paper boat", "seed": 3}, timeout=60)
+    assert response.status_code == 200, response.text
+    assert base64.b64decode(response.json()["data"][0]["b64_json"]).startswith(b"\x89PNG")
 
 
 def test_generation_returns_verified_pngs(local_service):
@@ -306,7 +318,7 @@ def strict_service(local_service):
     verifier = ClipVerifier.bind(config.verifier, config.batching.verifier)
     serve.run(Ingress.bind(generator, verifier, config.limits, config.serving), name="strict", route_prefix="/strict")
     yield local_service + "/strict"
-    serve.delete("strict")
+    # Not deleted here: Ctrl-C on `serve run` shuts Serve down, this application with the profile's, side by side.
 
 
 def test_flagged_images_are_never_sent_and_the_422_says_why(strict_service):
