@@ -80,11 +80,6 @@ def placement_config(rehearse: bool, vram_per_generator: int, flux: dict | None 
     generator = deployments["FluxGenerator"]
     # The profile's 0.45 GPU: two generators and the verifier (0.1) fit one GPU by `num_gpus`.
     generator["ray_actor_options"] = {"num_cpus": 2, "num_gpus": 0.45, "resources": {"vram_gb": vram_per_generator}}
-    # The same, for the VRAM guard until the first replica has reported what it holds: with no upscale delay the load
-    # can arrive before that report, and a guard that knows no need would start a third replica, left pending.
-    generator["autoscaling_config"]["policy"]["policy_kwargs"] = {
-        "replica_resources": {"CPU": 2, "GPU": 0.45, "vram_gb": vram_per_generator}
-    }
     generator["autoscaling_config"].update(
         min_replicas=1,
         max_replicas=3,

@@ -7,13 +7,15 @@ controller (about every 0.1 s per deployment) and decide the number of replicas 
 1. Load. desired = ceil(total_num_requests / target_ongoing_requests), where total_num_requests is
    the running plus queued requests Serve averages over `look_back_period_s`, and
    `target_ongoing_requests` comes from the deployment's `autoscaling_config`.
-2. VRAM guard. Each replica needs what the running ones hold (`vram_gb`, `GPU`, `CPU`: they report
-   it with their metrics, from `deployments/replica.py`; `replica_resources` in `policy_kwargs`
-   covers a deployment with none running). Above the current target the policy adds only as many
-   replicas as the nodes' free resources can place now, less those already starting, so no replica
-   is left pending forever for memory that no node has. Replicas it holds back are logged as a
-   warning in the controller log and counted by the gauge `vortex_autoscaler_replicas_blocked`. (A
-   replica that is starting holds its resources already, so "no room" cannot tell a stuck replica
+2. VRAM guard. Each replica needs what the running ones hold (`vram_gb`, `GPU`, `CPU`: every Vortex
+   replica reports it with its metrics, `held_resources`; `replica_resources` in `policy_kwargs`
+   covers a deployment with none running; the policy remembers the last need it saw). Above the
+   current target the policy adds only as many replicas as the nodes' free resources can place now,
+   less those already starting, so no replica is left pending forever for memory that no node has.
+   While it knows no need (the first replica is still loading, or has not reported yet) it adds
+   none, except the first replica of a deployment scaled to zero. Replicas it holds back are logged
+   as a warning in the controller log and counted by the gauge `vortex_autoscaler_replicas_blocked`.
+   (A replica that is starting holds its resources already, so "no room" cannot tell a stuck replica
    from a slow start: the policy never cancels one. Serve's `min_replicas` is applied after the
    policy: keep it placeable.)
 3. Proportional verifier (application policy): the verifier runs at least
@@ -45,6 +47,14 @@ RESOURCE_METRIC_PREFIX = "resource_"  # replicas report e.g. resource_vram_gb, r
 STATE_KEY = "vram_guard"
 
 NodeResources = Callable[[], list[dict[str, float]]]
+
+
+def held_resources() -> dict[str, float]:
+    """What this replica holds of the guarded resources, as its `record_autoscaling_stats` reports them."""
+    import ray
+
+    held = ray.get_runtime_context().get_assigned_resources()
+    return {RESOURCE_METRIC_PREFIX + name: float(held.get(name, 0.0)) for name in GUARDED_RESOURCES}
 
 
 def free_resources_per_node() -> list[dict[str, float]]:
@@ -108,16 +118,22 @@ class VramAwarePolicy:
         desired = min(max(desired, ctx.capacity_adjusted_min_replicas), ctx.capacity_adjusted_max_replicas)
         target = ctx.target_num_replicas
         starting = max(0, target - ctx.current_num_replicas)
-        need = self.replica_need(ctx)
-        decision, blocked = desired, 0
-        if need is not None and desired > target:
-            room = replicas_that_fit(need, self.node_resources())
-            decision = target + min(desired - target, max(0, room - starting))
-            blocked = desired - decision
+        need = self.replica_need(ctx) or state.get("need")
+        if need:
+            state["need"] = need
+        decision = desired
+        if desired > target:
+            if need:
+                room = replicas_that_fit(need, self.node_resources())
+                decision = target + min(desired - target, max(0, room - starting))
+            else:  # unknown: replicas added blind could wait forever for a GPU; a scaled-to-zero one may start
+                decision = max(target, min(desired, 1))
+        blocked = desired - decision if desired > target else 0
 
-        if blocked != state.get("blocked", 0):
-            self._report_blocked(ctx, blocked, state.get("blocked", 0), need)
-            state["blocked"] = blocked
+        held_back_for = ("no room" if need else "unknown need") if blocked else None
+        if blocked != state.get("blocked", 0) or held_back_for != state.get("held_back_for"):
+            self._report_blocked(ctx, blocked, held_back_for, state.get("held_back_for"), need)
+            state["blocked"], state["held_back_for"] = blocked, held_back_for
         if decision != target and decision != state.get("last_decision"):
             logger.info(
                 "%s: %d -> %d replicas for %.1f ongoing requests; replicas' VRAM as reported: %s",
@@ -131,10 +147,22 @@ class VramAwarePolicy:
         return decision, {STATE_KEY: state}
 
     def _report_blocked(
-        self, ctx: AutoscalingContext, blocked: int, before: int, need: dict[str, float] | None
+        self,
+        ctx: AutoscalingContext,
+        blocked: int,
+        held_back_for: str | None,
+        before: str | None,
+        need: dict[str, float] | None,
     ) -> None:
-        """Gauge on every change; a log line when holding back starts or ends, not each 0.1 s tick."""
-        if blocked and not before:
+        """Gauge on every change; a log line when holding back starts, changes reason or ends, not each 0.1 s tick."""
+        if held_back_for == "unknown need" and before != held_back_for:
+            logger.warning(
+                "VRAM guard: %s wants %d more replica(s), but no replica has reported what it holds yet; none "
+                "is added until one has (set policy_kwargs replica_resources to scale before that).",
+                ctx.deployment_name,
+                blocked,
+            )
+        elif held_back_for == "no room" and before != held_back_for:
             logger.warning(
                 "VRAM guard: %s wants %d more replica(s) needing %s each; no node has them free, so they are "
                 "not added. Add GPU nodes or lower the replica's VRAM need.",
@@ -142,7 +170,7 @@ class VramAwarePolicy:
                 blocked,
                 need,
             )
-        elif not blocked:
+        elif not held_back_for and before:
             logger.info("VRAM guard: %s is no longer held back.", ctx.deployment_name)
         autoscaler_blocked_gauge().set(blocked, tags={"deployment": ctx.deployment_name})
 

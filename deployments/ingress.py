@@ -38,6 +38,7 @@ from deployments.api import (
     VerificationFailedError,
     VortexError,
 )
+from deployments.autoscaling import held_resources
 from deployments.config import AuthConfig, ImageLimits, ServingConfig
 from deployments.observability import request_id
 from deployments.serving import AcceptedRequest, Event, ImageService
@@ -209,6 +210,10 @@ class Ingress:
         for key in self.api_keys:  # every key is compared: the time says nothing about which keys exist
             matched |= hmac.compare_digest(digest, key)
         return scheme.lower() == "bearer" and matched
+
+    def record_autoscaling_stats(self) -> dict[str, float]:
+        """What this replica holds, for `deployments.autoscaling`'s guard (Serve asks with an autoscaling_config)."""
+        return held_resources()
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def playground(self) -> str:

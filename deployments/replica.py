@@ -11,7 +11,7 @@ from contextlib import contextmanager
 import ray
 from ray import serve
 
-from deployments.autoscaling import GUARDED_RESOURCES, RESOURCE_METRIC_PREFIX
+from deployments.autoscaling import held_resources
 from deployments.observability import replica_metrics, send_engine_logs_to_serve
 from deployments.vram import gpu_memory, replica_vram_stats
 
@@ -58,9 +58,4 @@ class BatchingReplica:
 
     def record_autoscaling_stats(self) -> dict[str, float]:
         """VRAM, held resources and queue for `deployments.autoscaling` (only with autoscaling_config)."""
-        held = ray.get_runtime_context().get_assigned_resources()
-        return {
-            **replica_vram_stats(self.gpu_ids),
-            **{RESOURCE_METRIC_PREFIX + name: float(held.get(name, 0.0)) for name in GUARDED_RESOURCES},
-            "queue_length": float(self.in_flight),
-        }
+        return {**replica_vram_stats(self.gpu_ids), **held_resources(), "queue_length": float(self.in_flight)}

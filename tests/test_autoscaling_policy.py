@@ -121,7 +121,22 @@ def test_a_slow_starting_replica_is_not_cancelled():
 def test_without_running_replicas_the_configured_resources_guard_the_first_ones():
     policy = VramAwarePolicy(replica_resources=NF4_GENERATOR, node_resources=nodes({"vram_gb": 10.0, "GPU": 1.0}))
     assert policy(context(requests=4.0, running=0, held=None))[0] == 0
-    assert VramAwarePolicy(node_resources=nodes({"vram_gb": 10.0}))(context(requests=4.0, held=None))[0] == 2
+
+
+def test_until_a_replica_reports_what_it_holds_none_is_added_blind(caplog):
+    """Load queued while the first replica loads its model must not start replicas no GPU may have room for."""
+    policy = VramAwarePolicy(node_resources=nodes({"vram_gb": 20.0, "GPU": 1.0, "CPU": 8.0}))
+    with caplog.at_level(logging.WARNING, logger="ray.serve"):
+        decision, state = policy(context(requests=8.0, running=0, target=1, held=None))
+    assert decision == 1 and state["vram_guard"]["blocked"] == 3
+    assert "no replica has reported what it holds yet" in caplog.text
+    assert policy(context(requests=8.0, running=0, target=0, held=None))[0] == 1  # scaled to zero: one may start
+    decision, state = policy(context(requests=8.0, running=1, state=state))  # it reported: 16 GiB each
+    assert decision == 2
+    # Remembered: while its one replica is replaced, the policy still sizes replicas (room for two; one starting).
+    roomier = VramAwarePolicy(node_resources=nodes({"vram_gb": 40.0, "GPU": 1.0, "CPU": 8.0}))
+    assert roomier(context(requests=8.0, running=0, target=1, held=None, state=state))[0] == 2
+    assert state["vram_guard"]["need"] == NF4_GENERATOR
 
 
 @pytest.mark.parametrize(("generator_load", "expected_verifiers"), [(2.0, 1), (8.0, 4), (16.0, 8)])

@@ -63,6 +63,7 @@ def test_sizes_rehearsal_compares_each_size_with_diffusers_and_its_floor(capsys,
         assert row["diffusers_p50_s"] > 0 and row["p50_with_previews_s"] > 0
         assert 0 < row["floor_s"] < row["p50_s"]  # no call beats the work at the measured matmul rate
         assert row["work"]["transformer_linear_tflop"] > 0 and row["work"]["rest_tflop"] > 0
+        assert row["step_kernels_ms"]["matmul"] > 0 and row["step_kernels_ms"]["attention"] > 0  # the step profile
         encodings = row["encodings"]
         assert set(encodings) == {"png", "jpeg 100", "jpeg 75", "webp 100", "webp 75"}
         assert encodings["jpeg 75"]["bytes"] < encodings["jpeg 100"]["bytes"]
@@ -91,4 +92,6 @@ def test_vram_placement_rehearsal_scales_within_vram_and_back_down(tmp_path):
     assert max(len(seen) for seen in states) <= 2  # never a third: no replica left pending for VRAM
     running = [replica for replica in result["placed"] if replica["state"] == "RUNNING"]
     assert len({replica["node"] for replica in running}) == 2  # 0.45 GPU each would share a node; VRAM cannot
-    assert any("VRAM guard: FluxGenerator wants" in line for line in result["controller"])
+    assert any(
+        "VRAM guard: FluxGenerator wants" in line and "no node has them free" in line for line in result["controller"]
+    )
