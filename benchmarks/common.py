@@ -9,6 +9,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import yaml
+
 from deployments.config import ACCEPT_ALL, VerifierConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -86,6 +88,11 @@ def random_weight_verifier(verifier: dict) -> dict:
     models = VerifierConfig.model_validate(verifier).models
     models = [model.model_copy(update={"pretrained": None, "calibration": ACCEPT_ALL}).model_dump() for model in models]
     return {**verifier, "models": models, "distractors": [], "policy": {"concepts": []}}
+
+
+def app_args(profile: str) -> dict:
+    """The `args:` of a profile's application (`profile` relative to the repository root), as its YAML has them."""
+    return yaml.safe_load((REPO / profile).read_text())["applications"][0]["args"]
 
 
 def card_name() -> str:

@@ -41,13 +41,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
-import yaml
 
 from benchmarks.common import (
     REPO,
     SIDE,
     STEPS,
     T5_TOKENS,
+    app_args,
     card_name,
     diffusers_runner,
     percentile,
@@ -72,7 +72,7 @@ MODES: dict[str, dict] = {
     "vortex-nf4": {"precision": "nf4", "compile": "regional", "cuda_graphs": 8},
     "diffusers-12gb": {"precision": "nf4", "t5_nf4": True, "nf4_double_quant": True, "cpu_offload": True},
     # The profile's own flux: block, so that the benchmark measures the 12 GB mode as it ships.
-    "vortex-12gb": yaml.safe_load((REPO / "configs/gpu-12gb.yaml").read_text())["applications"][0]["args"]["flux"],
+    "vortex-12gb": app_args("configs/gpu-12gb.yaml")["flux"],
 }
 BUILT_IN_MEMORY = ("diffusers-bf16", "vortex-bf16", "vortex-fp8")  # the others load the saved checkpoint
 LOW_MEMORY = ("diffusers-12gb", "vortex-12gb")  # batch 1 only: their point is the memory cap

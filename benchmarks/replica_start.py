@@ -26,18 +26,16 @@ import sys
 import tempfile
 import time
 
-import yaml
-
-from benchmarks.common import REPO, card_name, versions
+from benchmarks.common import REPO, app_args, card_name, versions
 
 PROCESS_START = time.perf_counter()  # the child's own imports count: a replica pays them too
-PROFILE = REPO / "configs/gpu-80gb.yaml"
+PROFILE = "configs/gpu-80gb.yaml"
 REHEARSAL_FLUX = {"random_weights": "tiny", "precision": "fp32", "device": "cpu"}
 
 
 def profile_args(rehearse: bool) -> dict:
     """The profile's `args:` with random weights (rehearsal: the CPU profile's tiny model, two small sizes)."""
-    args = yaml.safe_load(PROFILE.read_text())["applications"][0]["args"]
+    args = app_args(PROFILE)
     if rehearse:
         args["flux"] = REHEARSAL_FLUX
         args["limits"] = {"sizes": ["256x256", "256x512"]}

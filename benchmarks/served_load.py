@@ -51,6 +51,7 @@ import yaml
 from benchmarks.common import (
     REPO,
     STEPS,
+    app_args,
     card_name,
     diffusers_runner,
     percentile,
@@ -63,7 +64,7 @@ from deployments.config import width_height
 from deployments.vram import GIB
 
 APP_CONFIG = REPO / "configs/gpu-80gb.yaml"
-CPU_CONFIG = REPO / "configs/local.yaml"
+CPU_CONFIG = "configs/local.yaml"
 GENERATIONS = "/v1/images/generations"
 GPU_FLUX = {"random_weights": "full", "precision": "fp8", "fuse_qkv": True, "compile": "regional"}
 # Per size: served P50 at concurrency 1 (s), saturation throughput over the diffusers batch-1 rate (issues 7, 15).
@@ -116,7 +117,7 @@ def served_config(rehearse: bool, flux: dict | None, port: int, max_batch_size: 
     app = config["applications"][0]
     args = app["args"]
     if rehearse:  # the CPU profile's tiny models, exactly as configs/local.yaml has them
-        cpu_args = yaml.safe_load(CPU_CONFIG.read_text())["applications"][0]["args"]
+        cpu_args = app_args(CPU_CONFIG)
         args["flux"] = cpu_args["flux"]
         args["verifier"] = cpu_args["verifier"]
     if flux is not None or not rehearse:

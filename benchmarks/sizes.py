@@ -28,11 +28,10 @@ import json
 from functools import partial
 
 import torch
-import yaml
 
 from benchmarks.common import (
-    REPO,
     STEPS,
+    app_args,
     card_name,
     diffusers_runner,
     percentile,
@@ -43,7 +42,7 @@ from benchmarks.common import (
 )
 from deployments.config import width_height
 
-PROFILE = REPO / "configs/gpu-80gb.yaml"
+PROFILE = "configs/gpu-80gb.yaml"
 ATTENTION_OPS = ("attention", "bmm")  # aten._scaled_dot_product_*_attention, and attention as batched matmuls
 ENCODINGS = [("png", None), ("jpeg", 100), ("jpeg", 75), ("webp", 100), ("webp", 75)]
 # Kernel (GPU) or aten op (CPU) names by kind, for a step's profile; the first group that matches wins.
@@ -206,7 +205,7 @@ def main(argv: list[str] | None = None) -> None:
     from deployments.config import AppArgs, FluxConfig
     from deployments.engines.flux import FluxEngine
 
-    profile = AppArgs.model_validate(yaml.safe_load(PROFILE.read_text())["applications"][0]["args"])
+    profile = AppArgs.model_validate(app_args(PROFILE))
     sizes = args.sizes or (["256x256", "512x256"] if args.rehearse else profile.limits.sizes)
     shapes = [width_height(size) for size in sizes]
     if args.rehearse:

@@ -34,7 +34,7 @@ from pathlib import Path
 import requests
 import yaml
 
-from benchmarks.common import REPO, random_weight_verifier
+from benchmarks.common import REPO, app_args, random_weight_verifier
 
 URL = "http://127.0.0.1:8000"
 API_KEY = "vram-placement-benchmark-key"
@@ -69,7 +69,7 @@ def placement_config(rehearse: bool, vram_per_generator: int, flux: dict | None 
     )
     verifier = app["args"]["verifier"]
     if rehearse:  # the CPU profile's tiny CLIP models; CUDA graphs need a GPU
-        local = yaml.safe_load((REPO / "configs/local.yaml").read_text())["applications"][0]["args"]
+        local = app_args("configs/local.yaml")
         verifier = {**local["verifier"], "cuda_graphs": 0}
     app["args"]["verifier"] = random_weight_verifier(verifier)
     # API keys on, as in production: the replicas read them from the environment Serve gives them.

@@ -128,7 +128,7 @@ class VramAwarePolicy:
                 decision = target + min(desired - target, max(0, room - starting))
             else:  # unknown: replicas added blind could wait forever for a GPU; a scaled-to-zero one may start
                 decision = max(target, min(desired, 1))
-        blocked = desired - decision if desired > target else 0
+        blocked = desired - decision  # 0 unless the guard held some back
 
         held_back_for = ("no room" if need else "unknown need") if blocked else None
         if blocked != state.get("blocked", 0) or held_back_for != state.get("held_back_for"):
