@@ -290,6 +290,9 @@ def test_replicas_that_die_mid_request_end_their_requests_clearly_and_are_replac
         streamed = pool.submit(stream_events, {**SMALL, "prompt": CRASH_VERIFIER}, verifying)
         assert verifying.wait(timeout=30)
         generator_killer = pool.submit(post, {**SMALL, "n": 3})
+        # The killer first: the generator holds 1 request and queues 2, and the streamed request's call may still
+        # hold its slot; one of the others may then meet the full queue (allowed below), the killer must not.
+        time.sleep(0.5)
         others = [pool.submit(post, {**SMALL, "seed": seed}) for seed in (1, 2)]
         status, events = streamed.result()
         assert status == 200 and events[-1]["type"] == "error" and events[-1]["status"] == 503
