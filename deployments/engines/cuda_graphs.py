@@ -68,31 +68,39 @@ class CudaGraphRunner:
             if len(self.captured) >= self.max_graphs:
                 return self.function(*args, **kwargs)
             start = time.perf_counter()
-            call = self.captured[signature] = self._capture(leaves, spec)
+            call, result = self._capture(leaves, spec)
+            self.captured[signature] = call
             self.capture_s += time.perf_counter() - start
+            return result
         for static, value in zip(call.inputs, leaves, strict=True):
             if isinstance(static, torch.Tensor):
                 static.copy_(value)
         call.graph.replay()
         return tree_unflatten([x.clone() if isinstance(x, torch.Tensor) else x for x in call.outputs], call.output_spec)
 
-    def _capture(self, leaves: list[Any], spec: TreeSpec) -> _CapturedCall:
+    def _capture(self, leaves: list[Any], spec: TreeSpec) -> tuple[_CapturedCall, Any]:
+        """Capture a graph for this signature; also return this call's result, from the eager call before the
+        capture (a capture records kernels without running them), so the capturing call costs no replay."""
         inputs = [x.clone() if isinstance(x, torch.Tensor) else x for x in leaves]
         args, kwargs = tree_unflatten(inputs, spec)
         # Warm up on a side stream, as torch.cuda.graph's docs ask: compilation, autotuning and
         # cuBLAS workspaces must happen before capture, not inside it. One call does all three (the docs'
         # example makes three); each call of a large shape costs a replica's start tenths of a second.
+        current = torch.cuda.current_stream()
         side = _capture_stream(torch.cuda.current_device())
-        side.wait_stream(torch.cuda.current_stream())
+        side.wait_stream(current)
         with torch.cuda.stream(side):
-            self.function(*args, **kwargs)
-        torch.cuda.current_stream().wait_stream(side)
+            result = self.function(*args, **kwargs)
+        current.wait_stream(side)
+        for tensor in tree_flatten(result)[0]:
+            if isinstance(tensor, torch.Tensor):
+                tensor.record_stream(current)  # made on the side stream, used on this one: not reused too early
         graph = torch.cuda.CUDAGraph()
         # thread_local: other threads of the replica (metrics, the event loop) may touch CUDA meanwhile.
         with torch.cuda.graph(graph, pool=self.pool, stream=side, capture_error_mode="thread_local"):
             output = self.function(*args, **kwargs)
         outputs, output_spec = tree_flatten(output)
-        return _CapturedCall(graph, inputs, outputs, output_spec)
+        return _CapturedCall(graph, inputs, outputs, output_spec), result
 
     def __len__(self) -> int:
         return len(self.captured)
