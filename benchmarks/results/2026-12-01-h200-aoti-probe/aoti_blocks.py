@@ -3,11 +3,17 @@
 Question: does loading a package instead of tracing with Dynamo make a warm replica start fast, at the same speed?
 CPU: tiny fp32 blocks. GPU: full-size bf16 blocks with fused QKV and fp8 linears, as the fp8 profile.
 """
-import copy, os, sys, tempfile, time
+
+import copy
+import os
+import sys
+import tempfile
+import time
+
 import torch
+from diffusers.models.transformers.transformer_flux import FluxSingleTransformerBlock, FluxTransformerBlock
 from torch import nn
 from torch.export import Dim, export
-from diffusers.models.transformers.transformer_flux import FluxSingleTransformerBlock, FluxTransformerBlock
 
 cuda = torch.cuda.is_available()
 device = torch.device("cuda" if cuda else "cpu")
@@ -25,6 +31,7 @@ for b in (double, single):
     b.eval().requires_grad_(False)
 if cuda:
     from deployments.engines.fp8 import float8_transformer_blocks
+
     double.attn.fuse_projections()
     for name in ("to_q", "to_k", "to_v", "add_q_proj", "add_k_proj", "add_v_proj"):
         if getattr(double.attn, name, None) is not None:
@@ -37,6 +44,7 @@ if cuda:
 
 class WeightsAsInputs(nn.Module):
     """block(weights, ...): one compiled program for every block of the class."""
+
     def __init__(self, block):
         super().__init__()
         object.__setattr__(self, "block", block)  # not a submodule: its weights must not become constants
@@ -51,8 +59,37 @@ def weights(block):
 
 def inputs(batch, img):
     g = torch.Generator(device).manual_seed(batch * 100000 + img)
-    r = lambda *s: torch.randn(*s, generator=g, device=device, dtype=dtype)
-    return r(batch, img, dim), r(batch, txt, dim), r(batch, dim), r(txt + img, head_dim).float(), r(txt + img, head_dim).float()
+
+    def r(*shape):
+        return torch.randn(*shape, generator=g, device=device, dtype=dtype)
+
+    return (
+        r(batch, img, dim),
+        r(batch, txt, dim),
+        r(batch, dim),
+        r(txt + img, head_dim).float(),
+        r(txt + img, head_dim).float(),
+    )
+
+
+def relative_error(reference, outputs):
+    return max(
+        (a.float() - b.float()).abs().max().item() / (a.float().abs().max().item() + 1e-6)
+        for a, b in zip(reference, outputs, strict=True)
+    )
+
+
+def timed(fn, *args, n_iter=10 if cuda else 2):
+    """Milliseconds per call, after one call."""
+    fn(*args)
+    if cuda:
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(n_iter):
+        fn(*args)
+    if cuda:
+        torch.cuda.synchronize()
+    return (time.perf_counter() - t) / n_iter * 1000
 
 
 sizes = {"512": 1024, "1024": 4096} if cuda else {"s": 64, "l": 128}
@@ -61,8 +98,15 @@ img = Dim("img", min=16, max=4096 if cuda else 256)
 results = {}
 for name, block in (("double", double), ("single", single)):
     wrapper = WeightsAsInputs(block)
-    example = inputs(2, list(sizes.values())[0])
-    spec = ({k: None for k in weights(block)}, {0: batch, 1: img}, {0: batch}, {0: batch}, {0: img + txt}, {0: img + txt})
+    example = inputs(2, next(iter(sizes.values())))
+    spec = (
+        {k: None for k in weights(block)},
+        {0: batch, 1: img},
+        {0: batch},
+        {0: batch},
+        {0: img + txt},
+        {0: img + txt},
+    )
     t = time.perf_counter()
     with torch.no_grad():
         ep = export(wrapper, (weights(block), *example), dynamic_shapes=spec, strict=False)
@@ -75,7 +119,12 @@ for name, block in (("double", double), ("single", single)):
     t_load = time.perf_counter() - t
     compiled = copy.copy(block)
     compiled.compile(fullgraph=True)
-    row = {"export_s": t_export, "aoti_compile_s": t_compile, "load_s": t_load, "package_mb": os.path.getsize(path) / 1e6}
+    row = {
+        "export_s": t_export,
+        "aoti_compile_s": t_compile,
+        "load_s": t_load,
+        "package_mb": os.path.getsize(path) / 1e6,
+    }
     for size, n in sizes.items():
         for bsz in (1, 2, 4):
             x = inputs(bsz, n)
@@ -83,36 +132,32 @@ for name, block in (("double", double), ("single", single)):
                 ref = block(x[0], x[1], x[2], (x[3], x[4]))
                 got = runner(weights(block), *x)
                 comp = compiled(x[0], x[1], x[2], (x[3], x[4]))
-            err = max((a.float() - b.float()).abs().max().item() / (a.float().abs().max().item() + 1e-6) for a, b in zip(ref, got))
-            err_c = max((a.float() - b.float()).abs().max().item() / (a.float().abs().max().item() + 1e-6) for a, b in zip(ref, comp))
-            def timed(fn, n_iter=10 if cuda else 2):
-                fn()
-                if cuda: torch.cuda.synchronize()
-                t = time.perf_counter()
-                for _ in range(n_iter):
-                    fn()
-                if cuda: torch.cuda.synchronize()
-                return (time.perf_counter() - t) / n_iter * 1000
+            err, err_c = relative_error(ref, got), relative_error(ref, comp)
             with torch.no_grad():
-                ms_aoti = timed(lambda: runner(weights(block), *x))
-                ms_comp = timed(lambda: compiled(x[0], x[1], x[2], (x[3], x[4])))
-                ms_eager = timed(lambda: block(x[0], x[1], x[2], (x[3], x[4])))
-            row[f"{size} b{bsz}"] = f"aoti {ms_aoti:.2f} ms, torch.compile {ms_comp:.2f} ms, eager {ms_eager:.2f} ms; rel err aoti {err:.1e} compile {err_c:.1e}"
+                ms_aoti = timed(runner, weights(block), *x)
+                ms_comp = timed(compiled, x[0], x[1], x[2], (x[3], x[4]))
+                ms_eager = timed(block, x[0], x[1], x[2], (x[3], x[4]))
+            row[f"{size} b{bsz}"] = (
+                f"aoti {ms_aoti:.2f} ms, torch.compile {ms_comp:.2f} ms, eager {ms_eager:.2f} ms; "
+                f"rel err aoti {err:.1e} compile {err_c:.1e}"
+            )
     # a CUDA graph around the package's call
     if cuda:
         x = inputs(1, sizes["512"])
         w = weights(block)
-        s = torch.cuda.Stream(); s.wait_stream(torch.cuda.current_stream())
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(s), torch.no_grad():
             runner(w, *x)
         torch.cuda.current_stream().wait_stream(s)
         graph = torch.cuda.CUDAGraph()
         with torch.no_grad(), torch.cuda.graph(graph, stream=s):
             out = runner(w, *x)
-        graph.replay(); torch.cuda.synchronize()
+        graph.replay()
+        torch.cuda.synchronize()
         with torch.no_grad():
             ref = block(x[0], x[1], x[2], (x[3], x[4]))
-        row["cuda graph rel err"] = max((a.float() - b.float()).abs().max().item() / a.float().abs().max().item() for a, b in zip(ref, out))
+        row["cuda graph rel err"] = relative_error(ref, out)
     results[name] = row
     for k, v in row.items():
         print(name, k, v, flush=True)
