@@ -40,6 +40,8 @@ def test_flux_speed_rehearsal_measures_each_mode_against_diffusers(capsys, tmp_p
         assert row["p50"] > 0 and set(row["images_per_s"]) == {"1", "2"}
         assert row["mean_abs_difference_from_baseline"] < 0.05  # every mode computes the same model
     assert list(results[1]["progression"]) == ["eager: our engine without speed options", "+ fused QKV"]
+    # The memory of each phase of a replica's life (GPU runs read the 12 GB mode's budget from it).
+    assert list(results[2]["peak_allocated_gib_by_phase"]) == ["load", "warm-up 128x128", "new prompt 128x128"]
 
 
 def test_verifier_speed_rehearsal(capsys, tmp_path):
