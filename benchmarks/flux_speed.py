@@ -158,6 +158,7 @@ def run_mode(mode: str, model: str | None, iterations: int, save_checkpoint: boo
     side = REHEARSAL["side"] if rehearse else SIDE
     result: dict = {"mode": mode, "config": settings, "card": card_name(), "versions": versions(), "side": side}
     batches = (1,) if mode in LOW_MEMORY else REHEARSAL["batches"] if rehearse else BATCHES
+    sizes = PROFILE_12GB_SIZES if mode == "vortex-12gb" else [(side, side)]  # where our engines' memory is measured
     reset_peak_memory()
     start = time.perf_counter()
 
@@ -178,7 +179,6 @@ def run_mode(mode: str, model: str | None, iterations: int, save_checkpoint: boo
     else:
         engine = FluxEngine.load(config, warmup_batch_sizes=())
         result["load_s"] = time.perf_counter() - start
-        sizes = PROFILE_12GB_SIZES if mode == "vortex-12gb" else [(side, side)]
         phases = result["peak_allocated_gib_by_phase"] = {"load": memory_gib("allocated")}
         start = time.perf_counter()
         for width, height in sizes:  # what the replica does before it serves, one size at a time

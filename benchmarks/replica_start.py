@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> None:
         print(lines[-1], flush=True)
 
     print(f"\ngenerator replica start, flux {json.dumps(flux)}; card: {card}; {versions()}")
-    # Imports are a third of a warm start, and most of that is compiling sources where no bytecode is cached
+    # Imports are a quarter of a warm start, and most of that is compiling sources where no bytecode is cached
     # (17-19 s instead of 10 s on the H200 host, whose Python sets PYTHONDONTWRITEBYTECODE over a venv without it).
     bytecode = "not written (PYTHONDONTWRITEBYTECODE)" if sys.dont_write_bytecode else "cached"
     print(f"compile cache: {cache_dir}; Python bytecode: {bytecode}\n")
