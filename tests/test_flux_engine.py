@@ -1,6 +1,7 @@
 """The Flux engine and the tokenizers on their own (plain PyTorch, no Ray), with tiny random-weight models."""
 
 import logging
+import os
 import shutil
 
 import numpy as np
@@ -167,6 +168,28 @@ def test_fp8_engine_keeps_block_matmuls_in_float8_and_draws_nearly_the_same_imag
     reference = bf16.generate("a red fox", seeds=[5], width=64, height=64)
     image = fp8.generate("a red fox", seeds=[5], width=64, height=64)
     assert (image - reference).abs().mean() < 0.01 < (reference - reference.mean()).abs().mean()
+
+
+def test_vae_tiles_bound_the_decoders_input_and_still_give_the_whole_image():
+    """vae_tile_size keeps the decoder's activations to a tile's: 128x128 in 64-pixel tiles is 9 overlapping tiles."""
+    tiled = FluxEngine.load(FluxConfig(**TINY, vae_tile_size=64))
+    tiles = []
+    hook = tiled.pipe.vae.decoder.register_forward_hook(lambda module, args, output: tiles.append(args[0].shape[-2:]))
+    try:
+        image = tiled.generate("a red fox", seeds=[5], width=128, height=128)
+    finally:
+        hook.remove()
+    assert len(tiles) == 9 and max(tiles) == (8, 8)  # latents are 16x16; a 64-pixel tile is 8x8 of them
+    assert image.shape == (1, 3, 128, 128) and 0 <= image.min() < image.max() <= 1
+
+
+def test_cublas_workspace_is_set_before_the_first_matmul_unless_the_operator_set_it(monkeypatch):
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    FluxEngine.load(FluxConfig(**TINY, cublas_workspace_mib=4))
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:1"
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":16:8")
+    FluxEngine.load(FluxConfig(**TINY, cublas_workspace_mib=4))
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":16:8"
 
 
 def test_t5_looking_its_tokens_up_in_host_memory_encodes_prompts_the_same():

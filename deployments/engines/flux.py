@@ -85,6 +85,8 @@ class FluxEngine:
         device = resolve_device(config.device)
         if config.compile_cache_dir:  # read by inductor whenever it compiles: set before the first compile
             os.environ["TORCHINDUCTOR_CACHE_DIR"] = config.compile_cache_dir
+        if config.cublas_workspace_mib:  # read once, at the process's first cuBLAS call
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", f":{config.cublas_workspace_mib * 1024}:1")
         start = time.perf_counter()
         try:
             pipe = load_flux_pipeline(config, device)

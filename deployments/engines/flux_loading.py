@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 import torch
-from diffusers import FluxPipeline, FluxTransformer2DModel
+from diffusers import AutoencoderKL, FluxPipeline, FluxTransformer2DModel
 from diffusers.hooks import apply_group_offloading
 
 from deployments.config import FluxConfig
@@ -38,29 +38,29 @@ def load_flux_pipeline(config: FluxConfig, device: torch.device) -> FluxPipeline
             pipe = random_models.tiny_flux_pipeline().to(device, dtype)  # built in fp32
         else:
             pipe = random_models.full_size_flux_pipeline(device=device, dtype=dtype)
-        if config.precision == "fp8":
-            quantize_fp8(pipe.transformer, config, device)
-        return pipe
+    else:
+        # 2. Files: a complete local folder, the Hugging Face cache, or (online) the hub.
+        folder = local_model_folder(config)
+        source = str(folder or config.model)
+        common = {"cache_dir": config.cache_dir, "local_files_only": config.offline, "use_safetensors": True}
+        # NF4 components are quantized by bitsandbytes as they load.
+        components = nf4_components(config, source, common) if config.precision == "nf4" else {}
+        pipe = FluxPipeline.from_pretrained(source, **components, dtype=dtype, **common)
+        pipe.set_progress_bar_config(disable=True)
 
-    # 2. Files: a complete local folder, the Hugging Face cache, or (online) the hub.
-    folder = local_model_folder(config)
-    source = str(folder or config.model)
-    common = {"cache_dir": config.cache_dir, "local_files_only": config.offline, "use_safetensors": True}
-
-    # 3. NF4 components are quantized by bitsandbytes as they load.
-    components = nf4_components(config, source, common) if config.precision == "nf4" else {}
-    pipe = FluxPipeline.from_pretrained(source, **components, dtype=dtype, **common)
-    pipe.set_progress_bar_config(disable=True)
+    # 3. Storage precision.
     if config.precision == "fp8":  # quantized layer by layer onto the device: bf16 never fills it
         quantize_fp8(pipe.transformer, config, device)
 
-    # 4. Placement.
+    # 4. Placement (random weights are built on the device; the config refuses offloading them).
     if config.cpu_offload:
         pipe.enable_model_cpu_offload(device=device)
     elif config.text_encoder_offload:
         stream_text_encoders(pipe, device)
     else:
         pipe.to(device)
+    if config.vae_tile_size:
+        tile_vae_decoder(pipe.vae, config.vae_tile_size)
     return pipe
 
 
@@ -153,6 +153,14 @@ def quantize_fp8(transformer: FluxTransformer2DModel, config: FluxConfig, device
     if config.fuse_qkv:
         fuse_qkv_projections(transformer)
     float8_transformer_blocks(transformer, device)
+
+
+def tile_vae_decoder(vae: AutoencoderKL, tile_size: int) -> None:
+    """diffusers' tiled decoding, with tiles of `tile_size` pixels (its default is the VAE's sample size, 1024 for
+    Flux's: nothing at the sizes served would be tiled)."""
+    vae.enable_tiling()
+    vae.tile_sample_min_size = tile_size
+    vae.tile_latent_min_size = tile_size // 2 ** (len(vae.config.block_out_channels) - 1)
 
 
 class HostEmbedding(torch.nn.Module):

@@ -17,9 +17,10 @@ def optimize_pipeline(pipe: FluxPipeline, config: FluxConfig) -> None:
     if config.compile == "regional":
         pipe.transformer.compile_repeated_blocks(fullgraph=True)
         # The decoder is one region, compiled for one shape: images are decoded one at a time (once compiled,
-        # as fast as a whole batch on an H100), so a new batch size does not compile it again.
+        # as fast as a whole batch on an H100), so a new batch size does not compile it again. Tiles come in
+        # several shapes per size (the last row and column are narrower): one dynamic-shape compile serves them.
         pipe.vae.enable_slicing()
-        pipe.vae.decoder.compile(fullgraph=True, dynamic=False)
+        pipe.vae.decoder.compile(fullgraph=True, dynamic=bool(config.vae_tile_size))
     if config.cuda_graphs:
         pipe.transformer.forward = CudaGraphRunner(pipe.transformer.forward, config.cuda_graphs)
         if not config.text_encoder_offload:  # streamed weights cannot be replayed from fixed addresses
