@@ -1,6 +1,7 @@
 """How long a new generator replica takes to serve, with a cold and with a warm compile cache.
 
     python -m benchmarks.replica_start                   # configs/gpu-80gb.yaml's engine and sizes
+    python -m benchmarks.replica_start --compile precompiled   # the same, its compiled regions saved and loaded
     python -m benchmarks.replica_start --rehearse        # CPU, tiny model, one process: the script still runs
 
 A replica serves once its engine has loaded (built or read the weights, quantized, fused) and warmed
@@ -33,18 +34,21 @@ PROFILE = "configs/gpu-80gb.yaml"
 REHEARSAL_FLUX = {"random_weights": "tiny", "precision": "fp32", "device": "cpu"}
 
 
-def profile_args(rehearse: bool) -> dict:
-    """The profile's `args:` with random weights (rehearsal: the CPU profile's tiny model, two small sizes)."""
+def profile_args(rehearse: bool, compile_mode: str | None) -> dict:
+    """The profile's `args:` with random weights (rehearsal: the CPU profile's tiny model, two small sizes), and
+    `compile_mode` instead of the profile's `flux.compile` when given."""
     args = app_args(PROFILE)
     if rehearse:
         args["flux"] = REHEARSAL_FLUX
         args["limits"] = {"sizes": ["256x256", "256x512"]}
     else:
         args["flux"] = {**args["flux"], "random_weights": "full"}
+    if compile_mode:
+        args["flux"]["compile"] = compile_mode
     return args
 
 
-def start_replica_engine(mode: str, rehearse: bool, cache_dir: str) -> dict:
+def start_replica_engine(mode: str, rehearse: bool, cache_dir: str, compile_mode: str | None) -> dict:
     """In this (fresh) process: what `FluxGenerator.__init__` does, timed; then every shape once."""
     import torch
 
@@ -54,7 +58,7 @@ def start_replica_engine(mode: str, rehearse: bool, cache_dir: str) -> dict:
     from deployments.vram import GIB
 
     imported_s = time.perf_counter() - PROCESS_START
-    args = AppArgs.model_validate(profile_args(rehearse))
+    args = AppArgs.model_validate(profile_args(rehearse, compile_mode))
     batches = range(1, args.batching.generator.max_batch_size + 1)
     sizes = args.limits.shapes()
     if mode == "diffusers":
@@ -83,7 +87,7 @@ def start_replica_engine(mode: str, rehearse: bool, cache_dir: str) -> dict:
             warmup_per_shape_s[f"{width}x{height} b{batch}"] = time.perf_counter() - start
     ready_s = time.perf_counter() - PROCESS_START
     cuda = torch.cuda.is_available()
-    pipe = engine.pipe
+    pipe, regions = engine.pipe, engine.regions
     runners = [pipe.transformer.forward, pipe.text_encoder.forward, pipe.text_encoder_2.forward, pipe.vae.decode]
     result = {
         "mode": mode,
@@ -101,6 +105,8 @@ def start_replica_engine(mode: str, rehearse: bool, cache_dir: str) -> dict:
             for name, runner in zip(["transformer", "clip_text", "t5", "vae_decode"], runners, strict=True)
             if hasattr(runner, "capture_s")
         },
+        "precompiled_regions": regions
+        and {"loaded": regions.loaded, "compiled": regions.compiled, "s": regions.seconds},
         "allocated_gib": torch.cuda.memory_allocated() / GIB if cuda else 0.0,
         "reserved_gib": torch.cuda.memory_reserved() / GIB if cuda else 0.0,
     }
@@ -133,24 +139,26 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cache-dir", help="compile_cache_dir to use (default: a new empty folder, so cold is cold)")
     parser.add_argument("--timeout-s", type=int, default=560, help="Per start.")
     parser.add_argument("--out", default="replica_start.json")
+    parser.add_argument("--compile", choices=["regional", "precompiled"], help="instead of the profile's flux.compile")
     parser.add_argument("--child", choices=["diffusers", "cold", "warm"], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.child:
-        result = start_replica_engine(args.child, args.rehearse, args.cache_dir)
+        result = start_replica_engine(args.child, args.rehearse, args.cache_dir, args.compile)
         print("RESULT " + json.dumps(result), flush=True)
         return
 
     cache_dir = args.cache_dir or tempfile.mkdtemp(prefix="vortex-compile-cache-")
-    flux = profile_args(args.rehearse)["flux"]
+    flux = profile_args(args.rehearse, args.compile)["flux"]
     card = "CPU rehearsal" if args.rehearse else card_name()
     results = []
     for mode in ("diffusers", "cold", "warm"):
         print(f"--- {mode}", flush=True)
         if args.rehearse:  # a CPU compiles nothing, so no start is cold: one process runs them all, quickly
-            results.append(start_replica_engine(mode, args.rehearse, cache_dir))
+            results.append(start_replica_engine(mode, args.rehearse, cache_dir, args.compile))
             continue
         command = [sys.executable, "-m", "benchmarks.replica_start", "--child", mode, "--cache-dir", cache_dir]
+        command += ["--compile", args.compile] if args.compile else []
         child = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout_s, cwd=REPO)
         lines = [line for line in child.stdout.splitlines() if line.startswith("RESULT ")]
         if not lines:
@@ -180,6 +188,8 @@ def main(argv: list[str] | None = None) -> None:
         phases = {name: round(seconds, 1) for name, seconds in row["dynamo_s"].items()}
         captures = {name: round(seconds, 1) for name, seconds in row["capture_s"].items()}
         print(f"{row['mode']} warm-up: Dynamo {phases}; CUDA graph captures (eager call included) {captures}")
+        if row["precompiled_regions"]:
+            print(f"{row['mode']} warm-up, precompiled regions: {row['precompiled_regions']}")
         slowest_shapes = sorted(row["warmup_per_shape_s"].items(), key=lambda item: -item[1])[:5]
         print(f"{row['mode']} warm-up, slowest shapes: " + ", ".join(f"{k} {v:.1f} s" for k, v in slowest_shapes))
     print(f"warm start: {warm['ready_s']:.1f} s from process start to serving (target: 20 s)")

@@ -65,10 +65,12 @@ class FluxConfig(BaseModel):
     true_cfg_scale: float = Field(
         4.0, gt=1.0, description="Used only with a negative prompt: true CFG, two transformer passes per step."
     )
-    compile: Literal["none", "regional"] = Field(
+    compile: Literal["none", "regional", "precompiled"] = Field(
         "none",
         description="regional: torch.compile of the transformer's repeated blocks and of the VAE decoder "
-        "(compiled at replica start, before it serves; fused kernels, far fewer launches).",
+        "(compiled at replica start, before it serves; fused kernels, far fewer launches). precompiled: the same "
+        "regions, each saved whole under compile_cache_dir once compiled (torch's experimental precompile API), so "
+        "that a replica which finds them loads them instead of tracing them again (not with nf4).",
     )
     fuse_qkv: bool = Field(False, description="Fuse the attention Q/K/V projections into one GEMM each.")
     cuda_graphs: int = Field(
@@ -116,6 +118,8 @@ class FluxConfig(BaseModel):
             )
         if self.text_encoder_offload and (self.cpu_offload or self.t5_nf4):
             raise ValueError("text_encoder_offload streams a bf16 T5; it does not combine with cpu_offload or t5_nf4")
+        if self.compile == "precompiled" and self.precision == "nf4":
+            raise ValueError("compile: precompiled regions need plain weights; NF4's packed ones are not; use regional")
         if self.fuse_qkv and self.precision == "nf4":
             raise ValueError("fuse_qkv: NF4 weights are packed per layer and cannot be concatenated")
         if self.cuda_graphs and self.cpu_offload:

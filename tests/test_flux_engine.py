@@ -1,5 +1,6 @@
 """The Flux engine and the tokenizers on their own (plain PyTorch, no Ray), with tiny random-weight models."""
 
+import copy
 import logging
 import os
 import shutil
@@ -13,6 +14,7 @@ from deployments.config import FluxConfig
 from deployments.engines.common import ModelFilesMissingError
 from deployments.engines.flux import FluxEngine, to_uint8_pixels
 from deployments.engines.flux_loading import HostEmbedding
+from deployments.engines.precompiled import RegionStore
 from deployments.engines.random_models import clip_bpe_tokenizer, t5_standin_tokenizer, tiny_flux_pipeline
 
 TINY = {"random_weights": "tiny", "precision": "fp32", "device": "cpu", "min_side": 64}
@@ -170,6 +172,36 @@ def test_fp8_engine_keeps_block_matmuls_in_float8_and_draws_nearly_the_same_imag
     assert (image - reference).abs().mean() < 0.01 < (reference - reference.mean()).abs().mean()
 
 
+def test_precompiled_regions_compile_once_and_a_restarted_replica_loads_them(tmp_path):
+    """`compile: precompiled` saves each compiled region whole: one file serves every block of a class (weights are
+    its inputs), and a new store on the same folder, as a restarted replica has, loads it instead of compiling."""
+    block = tiny_flux_pipeline().transformer.single_transformer_blocks[0].eval()
+    other = copy.deepcopy(block)
+    with torch.no_grad():
+        for parameter in other.parameters():
+            parameter.mul_(1.5)
+    restarted_blocks = copy.deepcopy([block, other])
+    generator = torch.Generator().manual_seed(0)
+    inputs = {
+        "hidden_states": torch.randn(1, 16, 32, generator=generator),
+        "encoder_hidden_states": torch.randn(1, 8, 32, generator=generator),
+        "temb": torch.randn(1, 32, generator=generator),
+        "image_rotary_emb": (torch.randn(24, 16, generator=generator), torch.randn(24, 16, generator=generator)),
+    }
+    with torch.inference_mode():
+        expected = [b(**inputs) for b in (block, other)]
+
+    for blocks, compiled, loaded in (([block, other], 1, 0), (restarted_blocks, 0, 1)):
+        store = RegionStore(tmp_path)
+        for b in blocks:
+            store.install(b)
+        with torch.inference_mode():
+            outputs = [b(**inputs) for b in blocks]
+        assert (store.compiled, store.loaded) == (compiled, loaded)
+        torch.testing.assert_close(outputs, expected, atol=1e-5, rtol=1e-5)
+    assert len(list(tmp_path.iterdir())) == 1
+
+
 def test_vae_tiles_bound_the_decoders_input_and_still_give_the_whole_image():
     """vae_tile_size keeps the decoder's activations to a tile's: 128x128 in 64-pixel tiles is 9 overlapping tiles."""
     tiled = FluxEngine.load(FluxConfig(**TINY, vae_tile_size=64))
@@ -223,6 +255,7 @@ def test_repeated_prompts_skip_the_text_encoders_and_draw_the_same_image(flux):
         ({"model": "x", "precision": "nf4", "fuse_qkv": True}, "fuse_qkv: NF4 weights are packed"),
         ({"model": "x", "text_encoder_offload": True, "cpu_offload": True}, "text_encoder_offload streams"),
         ({"model": "x", "cuda_graphs": 4, "cpu_offload": True}, "cuda_graphs: a graph replays fixed weight"),
+        ({"model": "x", "precision": "nf4", "compile": "precompiled"}, "compile: precompiled regions need plain"),
     ],
 )
 def test_speed_options_that_cannot_work_together_are_refused(options, message):

@@ -83,3 +83,33 @@ def test_no_request_compiles_or_captures_after_warm_up(reference_and_fast_engine
     assert {name: len(runner) for name, runner in runners.items()} == captured
     del fp8
     free_cuda()
+
+
+def test_precompiled_fp8_engine_draws_the_same_images_and_a_restarted_one_loads_its_regions(
+    reference_and_fast_engine, tmp_path
+):
+    """`compile: precompiled`: the first engine compiles and saves its regions, the next one (a restarted replica)
+    loads every one of them and draws the same image."""
+    reference, engine = reference_and_fast_engine
+    engine.pipe = None
+    free_cuda()
+    config = FluxConfig(
+        random_weights="full",
+        precision="fp8",
+        device="cuda",
+        **{**FAST, "compile": "precompiled", "compile_cache_dir": str(tmp_path)},
+    )
+    images = []
+    for expect_compiled in (True, False):
+        fp8 = FluxEngine.load(config)
+        regions = fp8.regions
+        report(
+            "precompiled fp8 engine: regions loaded / compiled, seconds",
+            f"{regions.loaded} / {regions.compiled}, {regions.seconds:.1f} s",
+        )
+        assert (regions.compiled > 0) == expect_compiled and (regions.loaded > 0) != expect_compiled
+        images.append(generate(fp8, seed=SEEDS[0]).cpu())
+        del fp8
+        free_cuda()
+    assert (images[0] - reference[SEEDS[0]]).abs().mean().item() < 0.02
+    assert torch.equal(images[0], images[1])

@@ -20,6 +20,7 @@ from deployments.config import FluxConfig
 from deployments.engines.common import check_device, out_of_memory, resolve_device
 from deployments.engines.flux_loading import load_flux_pipeline
 from deployments.engines.flux_speedups import optimize_pipeline
+from deployments.engines.precompiled import RegionStore
 from deployments.engines.previews import LatentPreviewer
 from deployments.vram import GIB
 
@@ -72,6 +73,7 @@ class FluxEngine:
         self._lock = threading.Lock()  # the pipeline's scheduler keeps per-call state: one call at a time
         self.prompt_cache = PromptCache(config.prompt_cache_size)
         self._previewer: LatentPreviewer | None = None  # fitted on the first call that asks for previews
+        self.regions: RegionStore | None = None  # with `compile: precompiled`
 
     @classmethod
     def load(
@@ -90,7 +92,7 @@ class FluxEngine:
         start = time.perf_counter()
         try:
             pipe = load_flux_pipeline(config, device)
-            optimize_pipeline(pipe, config)
+            regions = optimize_pipeline(pipe, config)
         except torch.cuda.OutOfMemoryError:
             pipe = None  # leave the handler so the failed load's tensors can be freed
         if pipe is None:
@@ -107,6 +109,7 @@ class FluxEngine:
             vram,
         )
         engine = cls(pipe, config, device)
+        engine.regions = regions
         if config.compile != "none" or config.cuda_graphs:
             side = min(max(512, config.min_side), config.max_side)
             sizes = list(warmup_sizes or [(side, side)])
@@ -120,6 +123,14 @@ class FluxEngine:
                 list(warmup_batch_sizes),
                 time.perf_counter() - start,
             )
+            if regions:
+                logger.info(
+                    "Precompiled regions in %s: %d loaded, %d compiled and saved, in %.1f s of the warm-up",
+                    regions.folder,
+                    regions.loaded,
+                    regions.compiled,
+                    regions.seconds,
+                )
         if device.type == "cuda":  # hand back what loading and warm-up cached: other replicas may share the card
             torch.cuda.empty_cache()
         return engine

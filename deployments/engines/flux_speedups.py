@@ -1,32 +1,49 @@
-"""Speed setups for a loaded FLUX pipeline: fused QKV projections, regional compilation, CUDA graphs.
+"""Speed setups for a loaded FLUX pipeline: fused QKV projections, regional compilation (traced in each process, or
+precompiled and saved), CUDA graphs.
 
 They change how the pipeline runs, not what it computes (`tests/test_flux_gpu_fast.py` checks the
 images). fp8 is applied while loading (`flux_loading.quantize_fp8`), since it replaces the weights.
 """
 
+from pathlib import Path
+
 from diffusers import FluxPipeline, FluxTransformer2DModel
+from torch._inductor.runtime.cache_dir_utils import cache_dir  # TORCHINDUCTOR_CACHE_DIR, or Inductor's default
 
 from deployments.config import FluxConfig
 from deployments.engines.cuda_graphs import CudaGraphRunner
+from deployments.engines.precompiled import RegionStore
 
 
-def optimize_pipeline(pipe: FluxPipeline, config: FluxConfig) -> None:
-    """Apply the speed options of `config` to a loaded pipeline, in place, in the order they compose."""
+def optimize_pipeline(pipe: FluxPipeline, config: FluxConfig) -> RegionStore | None:
+    """Apply the speed options of `config` to a loaded pipeline, in place, in the order they compose.
+    Returns the store of precompiled regions, with `compile: precompiled`."""
     if config.fuse_qkv and config.precision != "fp8":  # fp8 fused before quantizing, at load
         fuse_qkv_projections(pipe.transformer)
-    if config.compile == "regional":
-        pipe.transformer.compile_repeated_blocks(fullgraph=True)
+    store = None
+    if config.compile != "none":
         # The decoder is one region, compiled for one shape: images are decoded one at a time (once compiled,
         # as fast as a whole batch on an H100), so a new batch size does not compile it again. Tiles come in
         # several shapes per size (the last row and column are narrower): one dynamic-shape compile serves them.
         pipe.vae.enable_slicing()
-        pipe.vae.decoder.compile(fullgraph=True, dynamic=bool(config.vae_tile_size))
+        if config.compile == "precompiled":
+            store = RegionStore(Path(config.compile_cache_dir or cache_dir()) / "vortex-regions")
+            for block in pipe.transformer.modules():
+                if type(block).__name__ in pipe.transformer._repeated_blocks:  # what compile_repeated_blocks compiles
+                    store.install(block)
+        else:
+            pipe.transformer.compile_repeated_blocks(fullgraph=True)
+        if store and not config.vae_tile_size:  # tiles need one dynamic-shape compile, which is not saved
+            store.install(pipe.vae.decoder)
+        else:
+            pipe.vae.decoder.compile(fullgraph=True, dynamic=bool(config.vae_tile_size))
     if config.cuda_graphs:
         pipe.transformer.forward = CudaGraphRunner(pipe.transformer.forward, config.cuda_graphs)
         if not config.text_encoder_offload:  # streamed weights cannot be replayed from fixed addresses
             pipe.text_encoder.forward = CudaGraphRunner(pipe.text_encoder.forward, config.cuda_graphs)
             pipe.text_encoder_2.forward = CudaGraphRunner(pipe.text_encoder_2.forward, config.cuda_graphs)
         pipe.vae.decode = CudaGraphRunner(pipe.vae.decode, config.cuda_graphs)
+    return store
 
 
 def fuse_qkv_projections(transformer: FluxTransformer2DModel) -> None:
