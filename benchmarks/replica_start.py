@@ -39,7 +39,7 @@ def profile_args(rehearse: bool, compile_mode: str | None) -> dict:
     `compile_mode` instead of the profile's `flux.compile` when given."""
     args = app_args(PROFILE)
     if rehearse:
-        args["flux"] = REHEARSAL_FLUX
+        args["flux"] = dict(REHEARSAL_FLUX)
         args["limits"] = {"sizes": ["256x256", "256x512"]}
     else:
         args["flux"] = {**args["flux"], "random_weights": "full"}
@@ -105,8 +105,9 @@ def start_replica_engine(mode: str, rehearse: bool, cache_dir: str, compile_mode
             for name, runner in zip(["transformer", "clip_text", "t5", "vae_decode"], runners, strict=True)
             if hasattr(runner, "capture_s")
         },
-        "precompiled_regions": regions
-        and {"loaded": regions.loaded, "compiled": regions.compiled, "s": regions.seconds},
+        "precompiled_regions": None
+        if regions is None
+        else {"loaded": regions.loaded, "compiled": regions.compiled, "s": regions.seconds},
         "allocated_gib": torch.cuda.memory_allocated() / GIB if cuda else 0.0,
         "reserved_gib": torch.cuda.memory_reserved() / GIB if cuda else 0.0,
     }
@@ -188,7 +189,7 @@ def main(argv: list[str] | None = None) -> None:
         phases = {name: round(seconds, 1) for name, seconds in row["dynamo_s"].items()}
         captures = {name: round(seconds, 1) for name, seconds in row["capture_s"].items()}
         print(f"{row['mode']} warm-up: Dynamo {phases}; CUDA graph captures (eager call included) {captures}")
-        if row["precompiled_regions"]:
+        if row["precompiled_regions"] is not None:
             print(f"{row['mode']} warm-up, precompiled regions: {row['precompiled_regions']}")
         slowest_shapes = sorted(row["warmup_per_shape_s"].items(), key=lambda item: -item[1])[:5]
         print(f"{row['mode']} warm-up, slowest shapes: " + ", ".join(f"{k} {v:.1f} s" for k, v in slowest_shapes))

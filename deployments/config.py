@@ -68,9 +68,11 @@ class FluxConfig(BaseModel):
     compile: Literal["none", "regional", "precompiled"] = Field(
         "none",
         description="regional: torch.compile of the transformer's repeated blocks and of the VAE decoder "
-        "(compiled at replica start, before it serves; fused kernels, far fewer launches). precompiled: the same "
-        "regions, each saved whole under compile_cache_dir once compiled (torch's experimental precompile API), so "
-        "that a replica which finds them loads them instead of tracing them again (not with nf4).",
+        "(compiled at replica start, before it serves; fused kernels, far fewer launches). precompiled "
+        "(experimental): the same regions, each saved whole once compiled, under compile_cache_dir's "
+        "vortex-regions folder (torch's precompile API, torch 2.9+), so that a replica which finds them loads them "
+        "instead of tracing them again; a cold start compiles more than regional's (one file per input shape). "
+        "Not with nf4; with vae_tile_size the decoder is compiled as with regional, not saved.",
     )
     fuse_qkv: bool = Field(False, description="Fuse the attention Q/K/V projections into one GEMM each.")
     cuda_graphs: int = Field(
@@ -83,9 +85,10 @@ class FluxConfig(BaseModel):
     )
     compile_cache_dir: str | None = Field(
         None,
-        description="Where torch.compile keeps compiled kernels (TORCHINDUCTOR_CACHE_DIR), so that a restarted or "
-        "added replica compiles nothing. On a cluster, a volume every node mounts starts new replicas warm "
-        "anywhere; null: torch's default under /tmp, per host.",
+        description="Where torch.compile keeps compiled kernels (TORCHINDUCTOR_CACHE_DIR), and `compile: "
+        "precompiled` its regions (in vortex-regions/), so that a restarted or added replica compiles nothing. On a "
+        "cluster, a volume every node mounts starts new replicas warm anywhere; null: torch's default under /tmp, "
+        "per host.",
     )
     vae_tile_size: int = Field(
         0,
@@ -101,8 +104,9 @@ class FluxConfig(BaseModel):
         None,
         ge=1,
         description="cuBLAS scratch memory per CUDA stream, in MiB: sets CUBLAS_WORKSPACE_CONFIG (unless it is set "
-        "already) before the replica's first matmul. torch's default on Hopper is 32 MiB, held for the life of the "
-        "process by every stream that ran a matmul (two with CUDA graphs). null: torch's default.",
+        "already) before the replica's first matmul. torch's default is 32 MiB on Hopper and Blackwell, about 8 MiB "
+        "on Ampere and Ada, held for the life of the process by every stream that ran a matmul (two with CUDA "
+        "graphs). null: torch's default.",
     )
     min_side: int = Field(256, ge=16, multiple_of=16, description="Smallest width or height accepted.")
     max_side: int = Field(1536, ge=16, multiple_of=16, description="Largest width or height accepted.")
@@ -119,7 +123,7 @@ class FluxConfig(BaseModel):
         if self.text_encoder_offload and (self.cpu_offload or self.t5_nf4):
             raise ValueError("text_encoder_offload streams a bf16 T5; it does not combine with cpu_offload or t5_nf4")
         if self.compile == "precompiled" and self.precision == "nf4":
-            raise ValueError("compile: precompiled regions need plain weights; NF4's packed ones are not; use regional")
+            raise ValueError("compile: precompiled regions need plain weights, not NF4's packed ones; use regional")
         if self.fuse_qkv and self.precision == "nf4":
             raise ValueError("fuse_qkv: NF4 weights are packed per layer and cannot be concatenated")
         if self.cuda_graphs and self.cpu_offload:

@@ -216,7 +216,9 @@ def test_vae_tiles_bound_the_decoders_input_and_still_give_the_whole_image():
 
 
 def test_cublas_workspace_is_set_before_the_first_matmul_unless_the_operator_set_it(monkeypatch):
-    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    """cublas_workspace_mib reaches torch through CUBLAS_WORKSPACE_CONFIG; an operator's own setting wins."""
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", "restored after the test")
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG")
     FluxEngine.load(FluxConfig(**TINY, cublas_workspace_mib=4))
     assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:1"
     monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":16:8")

@@ -27,8 +27,8 @@ from deployments.vram import GIB
 logger = logging.getLogger(__name__)
 
 OUT_OF_MEMORY_ADVICE = (
-    "Lower the replica's footprint (`precision: nf4`, `t5_nf4: true`, `cpu_offload: true`, or fewer replicas "
-    "per GPU), or offer fewer or smaller images (`limits`)."
+    "Lower the replica's footprint (`precision: nf4`, `t5_nf4: true`, `cpu_offload: true`, `vae_tile_size: 256`, "
+    "or fewer replicas per GPU), or offer fewer or smaller images (`limits`)."
 )
 
 Embeddings = tuple[torch.Tensor, torch.Tensor]  # one prompt's T5 sequence and pooled CLIP embedding
@@ -66,14 +66,16 @@ def to_uint8_pixels(images: torch.Tensor) -> np.ndarray:
 class FluxEngine:
     """One FluxPipeline on one device; each call is seeded per image, never from global RNG state."""
 
-    def __init__(self, pipe: FluxPipeline, config: FluxConfig, device: torch.device) -> None:
+    def __init__(
+        self, pipe: FluxPipeline, config: FluxConfig, device: torch.device, regions: RegionStore | None = None
+    ) -> None:
         self.pipe = pipe
         self.config = config
         self.device = device
         self._lock = threading.Lock()  # the pipeline's scheduler keeps per-call state: one call at a time
         self.prompt_cache = PromptCache(config.prompt_cache_size)
         self._previewer: LatentPreviewer | None = None  # fitted on the first call that asks for previews
-        self.regions: RegionStore | None = None  # with `compile: precompiled`
+        self.regions = regions  # with `compile: precompiled`
 
     @classmethod
     def load(
@@ -108,8 +110,7 @@ class FluxEngine:
             time.perf_counter() - start,
             vram,
         )
-        engine = cls(pipe, config, device)
-        engine.regions = regions
+        engine = cls(pipe, config, device, regions)
         if config.compile != "none" or config.cuda_graphs:
             side = min(max(512, config.min_side), config.max_side)
             sizes = list(warmup_sizes or [(side, side)])
@@ -123,7 +124,7 @@ class FluxEngine:
                 list(warmup_batch_sizes),
                 time.perf_counter() - start,
             )
-            if regions:
+            if regions is not None:
                 logger.info(
                     "Precompiled regions in %s: %d loaded, %d compiled and saved, in %.1f s of the warm-up",
                     regions.folder,

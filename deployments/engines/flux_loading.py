@@ -1,5 +1,6 @@
 """Finding and loading FLUX.1-schnell: a hub id or local folder (safetensors only), or random weights built
-in code; NF4 or fp8 quantization; and where the weights live (GPU, CPU offload, streamed text encoders).
+in code; NF4 or fp8 quantization; where the weights live (GPU, CPU offload, streamed text encoders); and
+whether the VAE decodes in tiles.
 
 `load_flux_pipeline` reads top to bottom in the order it acts. Speed setups that change how the loaded
 pipeline runs (QKV fusion, compilation, CUDA graphs) are in `flux_speedups.py`.
@@ -52,7 +53,8 @@ def load_flux_pipeline(config: FluxConfig, device: torch.device) -> FluxPipeline
     if config.precision == "fp8":  # quantized layer by layer onto the device: bf16 never fills it
         quantize_fp8(pipe.transformer, config, device)
 
-    # 4. Placement (random weights are built on the device; the config refuses offloading them).
+    # 4. Placement (random weights are built on the device; the config refuses offloading them), and how much of
+    # an image the VAE decoder takes at once.
     if config.cpu_offload:
         pipe.enable_model_cpu_offload(device=device)
     elif config.text_encoder_offload:
@@ -156,8 +158,8 @@ def quantize_fp8(transformer: FluxTransformer2DModel, config: FluxConfig, device
 
 
 def tile_vae_decoder(vae: AutoencoderKL, tile_size: int) -> None:
-    """diffusers' tiled decoding, with tiles of `tile_size` pixels (its default is the VAE's sample size, 1024 for
-    Flux's: nothing at the sizes served would be tiled)."""
+    """diffusers' tiled decoding, with tiles of `tile_size` pixels (its default is the VAE's sample size: 1024
+    pixels for Flux's, which leaves images up to 1024x1024 whole)."""
     vae.enable_tiling()
     vae.tile_sample_min_size = tile_size
     vae.tile_latent_min_size = tile_size // 2 ** (len(vae.config.block_out_channels) - 1)

@@ -7,8 +7,8 @@ images). fp8 is applied while loading (`flux_loading.quantize_fp8`), since it re
 
 from pathlib import Path
 
+import torch
 from diffusers import FluxPipeline, FluxTransformer2DModel
-from torch._inductor.runtime.cache_dir_utils import cache_dir  # TORCHINDUCTOR_CACHE_DIR, or Inductor's default
 
 from deployments.config import FluxConfig
 from deployments.engines.cuda_graphs import CudaGraphRunner
@@ -22,18 +22,18 @@ def optimize_pipeline(pipe: FluxPipeline, config: FluxConfig) -> RegionStore | N
         fuse_qkv_projections(pipe.transformer)
     store = None
     if config.compile != "none":
-        # The decoder is one region, compiled for one shape: images are decoded one at a time (once compiled,
+        # The decoder is one region, compiled per image size: images are decoded one at a time (once compiled,
         # as fast as a whole batch on an H100), so a new batch size does not compile it again. Tiles come in
         # several shapes per size (the last row and column are narrower): one dynamic-shape compile serves them.
         pipe.vae.enable_slicing()
         if config.compile == "precompiled":
-            store = RegionStore(Path(config.compile_cache_dir or cache_dir()) / "vortex-regions")
+            store = RegionStore(regions_folder(config))
             for block in pipe.transformer.modules():
                 if type(block).__name__ in pipe.transformer._repeated_blocks:  # what compile_repeated_blocks compiles
                     store.install(block)
         else:
             pipe.transformer.compile_repeated_blocks(fullgraph=True)
-        if store and not config.vae_tile_size:  # tiles need one dynamic-shape compile, which is not saved
+        if store is not None and not config.vae_tile_size:  # tiles need a dynamic-shape compile, not saved
             store.install(pipe.vae.decoder)
         else:
             pipe.vae.decoder.compile(fullgraph=True, dynamic=bool(config.vae_tile_size))
@@ -44,6 +44,15 @@ def optimize_pipeline(pipe: FluxPipeline, config: FluxConfig) -> RegionStore | N
             pipe.text_encoder_2.forward = CudaGraphRunner(pipe.text_encoder_2.forward, config.cuda_graphs)
         pipe.vae.decode = CudaGraphRunner(pipe.vae.decode, config.cuda_graphs)
     return store
+
+
+def regions_folder(config: FluxConfig) -> Path:
+    """Where precompiled regions are kept: `compile_cache_dir`, or Inductor's own cache folder."""
+    if not hasattr(torch.compiler, "load_compiled_function"):
+        raise ValueError(f"compile: precompiled needs torch's precompile API (torch 2.9+); this is {torch.__version__}")
+    from torch._inductor.runtime.cache_dir_utils import cache_dir  # TORCHINDUCTOR_CACHE_DIR, or Inductor's default
+
+    return Path(config.compile_cache_dir or cache_dir()) / "vortex-regions"
 
 
 def fuse_qkv_projections(transformer: FluxTransformer2DModel) -> None:

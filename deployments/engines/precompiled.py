@@ -7,14 +7,16 @@ its guards, and `torch.compiler.load_compiled_function` loads it in 0.05-0.6 s (
 
 A region's weights are inputs of its compiled function, which runs the region's code on an empty copy of
 it (a template on the meta device): one file serves every block of a class and holds no weights. There is
-one file per input signature (shapes, dtypes), as with `dynamic=False`; its name hashes the signature, the
-template's structure, the source of its classes and the torch, Python and GPU versions, so a change to
-any of them compiles anew instead of loading a stale file.
+one file per input signature (shapes, strides, dtypes, devices), as with `dynamic=False`. Files sit in a
+folder named after what they depend on (the template's structure, the source of its classes and of this
+module, the package, torch, Python, CUDA and GPU versions): after any change a replica compiles into a new
+folder, and old ones can be deleted. The files are pickles: only the service may write the folder.
 """
 
 import copy
 import hashlib
 import inspect
+import itertools
 import logging
 import sys
 import time
@@ -55,7 +57,7 @@ class RegionStore:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self.templates: dict[str, tuple[torch.nn.Module, str]] = {}  # by the region's structure
-        self.functions: dict[str, Callable] = {}
+        self.functions: dict[tuple, Callable] = {}
         self.loaded = 0
         self.compiled = 0
         self.seconds = 0.0  # spent loading and compiling
@@ -64,26 +66,35 @@ class RegionStore:
         """From now on `module` runs through the store."""
         structure = repr(module)
         if structure not in self.templates:
-            with torch.inference_mode():  # its tensors are guarded on: as the regions run, in inference mode
-                template = copy.deepcopy(module).to("meta").eval()
-            self.templates[structure] = (template, self._digest(template))
+            template = empty_copy(module)
+            self.templates[structure] = (template, self._digest(template, module))
         module.forward = PrecompiledRegion(module, self, *self.templates[structure])
 
-    def function(self, template: torch.nn.Module, digest: str, weights: dict, args: tuple, kwargs: dict) -> Callable:
+    def compiled_function(self, region: "PrecompiledRegion", weights: dict, args: tuple, kwargs: dict) -> Callable:
+        """The function for `region` at these inputs: already loaded, read from the folder, or compiled now (and
+        saved). A file whose guards refuse these inputs is compiled again and replaced."""
         leaves, spec = tree_flatten((args, kwargs))
-        signature = [str(spec)] + [
-            (tuple(x.shape), x.stride(), str(x.dtype), str(x.device)) if isinstance(x, torch.Tensor) else repr(x)
-            for x in leaves
-        ]
-        key = hashlib.sha256(repr((digest, signature)).encode()).hexdigest()[:32]
-        function = self.functions.get(key)
+        signature = (
+            region.digest,
+            str(spec),
+            *(
+                (tuple(x.shape), x.stride(), str(x.dtype), str(x.device)) if isinstance(x, torch.Tensor) else repr(x)
+                for x in leaves
+            ),
+        )
+        function = self.functions.get(signature)
         if function is None:
             start = time.perf_counter()
-            path = self.folder / f"{type(template).__name__}-{key}.bin"
-            function = self._load(path, template) if path.is_file() else None
+            key = hashlib.sha256(repr(signature).encode()).hexdigest()[:32]
+            path = self.folder / region.digest[:16] / f"{type(region.template).__name__}-{key}.bin"
+            function = self._load(path, region.template) if path.is_file() else None
+            if function is not None and not function.guard_check(weights, args, kwargs):
+                logger.warning("The compiled region %s does not accept these inputs; compiling it again", path)
+                self.loaded -= 1
+                function = None
             if function is None:
-                function = self._compile(path, template, weights, args, kwargs)
-            self.functions[key] = function
+                function = self._compile(path, region.template, weights, args, kwargs)
+            self.functions[signature] = function
             self.seconds += time.perf_counter() - start
         return function
 
@@ -106,21 +117,42 @@ class RegionStore:
                 options={"guard_filter_fn": serializable_guards},
             )
             function = compiled.aot_compile(((weights, args, kwargs), {}))
-        self.folder.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
         function.save_compiled_function(str(path), external_data={"template": template})  # written atomically
         self.compiled += 1
         return function
 
     @staticmethod
-    def _digest(template: torch.nn.Module) -> str:
-        """What a compiled region depends on besides its inputs: structure, code, and the versions that run it."""
+    def _digest(template: torch.nn.Module, module: torch.nn.Module) -> str:
+        """What a compiled region depends on besides its inputs: structure, code, and the versions that run it
+        (torch refuses a file made with another GPU, CUDA or Triton: an H100 and an H200 need their own)."""
         classes = sorted({type(module) for module in template.modules()}, key=lambda c: f"{c.__module__}.{c.__name__}")
-        sources = [inspect.getsource(sys.modules[c.__module__]) for c in classes]
-        packages = {c.__module__.split(".")[0] for c in classes}  # diffusers' version covers the code these call
+        modules = sorted({c.__module__ for c in classes} | {__name__})  # this module: the function that is compiled
+        sources = [inspect.getsource(sys.modules[name]) for name in modules]
+        packages = {name.split(".")[0] for name in modules}  # diffusers' version covers the code the blocks call
         versions = sorted((name, getattr(sys.modules[name], "__version__", None)) for name in packages)
-        gpu = torch.cuda.get_device_capability() if torch.cuda.is_available() else None
-        facts = (repr(template), sources, versions, torch.__version__, sys.version, gpu)
+        gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+        weights = [(name, str(t.dtype), t.stride()) for name, t in region_weights(module).items()]
+        facts = (repr(template), weights, sources, versions, torch.__version__, torch.version.cuda, sys.version, gpu)
         return hashlib.sha256(repr(facts).encode()).hexdigest()
+
+
+def region_weights(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The inputs that stand for `module`'s state in its compiled function: parameters and buffers by name."""
+    return {**dict(module.named_parameters()), **dict(module.named_buffers())}
+
+
+def empty_copy(module: torch.nn.Module) -> torch.nn.Module:
+    """`module` with its weights on the meta device, copied without copying them. Made in inference mode, as the
+    regions run: their tensors' dispatch keys are guarded on."""
+    with torch.inference_mode():
+        memo = {
+            id(tensor): torch.nn.Parameter(torch.empty_like(tensor, device="meta"), requires_grad=False)
+            if isinstance(tensor, torch.nn.Parameter)
+            else torch.empty_like(tensor, device="meta")
+            for tensor in itertools.chain(module.parameters(), module.buffers())
+        }
+        return copy.deepcopy(module, memo).eval()
 
 
 class PrecompiledRegion:
@@ -133,6 +165,5 @@ class PrecompiledRegion:
         self.digest = digest
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        weights = {**dict(self.module.named_parameters()), **dict(self.module.named_buffers())}
-        function = self.store.function(self.template, self.digest, weights, args, kwargs)
-        return function(weights, args, kwargs)
+        weights = region_weights(self.module)
+        return self.store.compiled_function(self, weights, args, kwargs)(weights, args, kwargs)
