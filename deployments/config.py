@@ -95,8 +95,8 @@ class FluxConfig(BaseModel):
         ge=0,
         multiple_of=64,
         description="Decode images larger than this many pixels a side in overlapping tiles of this size (diffusers "
-        "VAE tiling): the decoder's activations then scale with the tile, not the image (+1.25 GiB at 1024x1024 "
-        "untiled, +0.14 GiB in 256-pixel tiles) and decoding takes longer (compiled, on an H200: 30 ms instead of "
+        "VAE tiling): the decoder's activations then scale with the tile, not the image (at 1024x1024, compiled, "
+        "on an H200: +1.26 GiB untiled, +0.14 GiB in 256-pixel tiles) and decoding takes longer (30 ms instead of "
         "7 ms at 512x512, 129 ms instead of 34 ms at 1024x1024). With compile, the tiles' several shapes share one "
         "dynamic-shape compile. 0: whole images.",
     )
