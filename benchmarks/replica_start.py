@@ -3,6 +3,7 @@
     python -m benchmarks.replica_start                   # configs/gpu-80gb.yaml's engine and sizes
     python -m benchmarks.replica_start --compile precompiled   # the same, its compiled regions saved and loaded
     python -m benchmarks.replica_start --rehearse        # CPU, tiny model, one process: the script still runs
+    python -m benchmarks.replica_start --starts cold --cache-dir D; ... --starts warm --cache-dir D   # in two calls
 
 A replica serves once its engine has loaded (built or read the weights, quantized, fused) and warmed
 up: compiled and captured every size of `limits.sizes` at every batch size of
@@ -31,6 +32,7 @@ from benchmarks.common import REPO, app_args, card_name, versions
 
 PROCESS_START = time.perf_counter()  # the child's own imports count: a replica pays them too
 PROFILE = "configs/gpu-80gb.yaml"
+STARTS = ["diffusers", "cold", "warm"]
 REHEARSAL_FLUX = {"random_weights": "tiny", "precision": "fp32", "device": "cpu"}
 
 
@@ -141,6 +143,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--timeout-s", type=int, default=560, help="Per start.")
     parser.add_argument("--out", default="replica_start.json")
     parser.add_argument("--compile", choices=["regional", "precompiled"], help="instead of the profile's flux.compile")
+    parser.add_argument(
+        "--starts",
+        nargs="+",
+        choices=STARTS,
+        default=STARTS,
+        help="which starts to run (a warm one needs --cache-dir from an earlier cold one, when run alone)",
+    )
     parser.add_argument("--child", choices=["diffusers", "cold", "warm"], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -153,7 +162,7 @@ def main(argv: list[str] | None = None) -> None:
     flux = profile_args(args.rehearse, args.compile)["flux"]
     card = "CPU rehearsal" if args.rehearse else card_name()
     results = []
-    for mode in ("diffusers", "cold", "warm"):
+    for mode in args.starts:
         print(f"--- {mode}", flush=True)
         if args.rehearse:  # a CPU compiles nothing, so no start is cold: one process runs them all, quickly
             results.append(start_replica_engine(mode, args.rehearse, cache_dir, args.compile))
@@ -179,13 +188,17 @@ def main(argv: list[str] | None = None) -> None:
             f"{label[row['mode']]:<30}{row['imports_s']:>10.1f}{row['load_s']:>8.1f}{row.get('warmup_s', 0):>11.1f}"
             f"{row['ready_s']:>9.1f}{row.get('shapes', 0):>8}{row.get('reserved_gib', 0):>10.2f}"
         )
-    warm = results[-1]
-    slowest = max(warm["first_request_s"], key=warm["first_request_s"].get)
-    print(
-        f"\nafter the warm start: {warm['compiled_on_requests']} graphs compiled and {warm['captured_on_requests']} "
-        f"captured by requests; slowest first request {slowest}: {warm['first_request_s'][slowest]:.3f} s"
-    )
-    for row in results[1:]:
+    last = results[-1]
+    if "first_request_s" in last:
+        slowest = max(last["first_request_s"], key=last["first_request_s"].get)
+        print(
+            f"\nafter the {last['mode']} start: {last['compiled_on_requests']} graphs compiled and "
+            f"{last['captured_on_requests']} captured by requests; slowest first request {slowest}: "
+            f"{last['first_request_s'][slowest]:.3f} s"
+        )
+    for row in results:
+        if row["mode"] == "diffusers":
+            continue
         phases = {name: round(seconds, 1) for name, seconds in row["dynamo_s"].items()}
         captures = {name: round(seconds, 1) for name, seconds in row["capture_s"].items()}
         print(f"{row['mode']} warm-up: Dynamo {phases}; CUDA graph captures (eager call included) {captures}")
@@ -193,7 +206,9 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{row['mode']} warm-up, precompiled regions: {row['precompiled_regions']}")
         slowest_shapes = sorted(row["warmup_per_shape_s"].items(), key=lambda item: -item[1])[:5]
         print(f"{row['mode']} warm-up, slowest shapes: " + ", ".join(f"{k} {v:.1f} s" for k, v in slowest_shapes))
-    print(f"warm start: {warm['ready_s']:.1f} s from process start to serving (target: 20 s)")
+    for row in results:
+        if row["mode"] == "warm":
+            print(f"warm start: {row['ready_s']:.1f} s from process start to serving (target: 20 s)")
     with open(args.out, "w") as f:
         json.dump({"card": card, "versions": versions(), "flux": flux, "results": results}, f, indent=2)
 
