@@ -115,11 +115,11 @@ def start_replica_engine(mode: str, rehearse: bool, cache_dir: str, compile_mode
     }
 
     def compiled_and_captured() -> tuple[int, int]:
-        """Graphs compiled in this process (by Dynamo, precompiled regions included) or loaded from precompiled
-        regions, CUDA graphs the transformer holds."""
+        """Graphs compiled in this process by Dynamo, plus precompiled regions loaded or compiled (a region compiled
+        may count twice: what matters is whether a request made any), and CUDA graphs the transformer holds."""
         captured = len(engine.pipe.transformer.forward) if engine.config.cuda_graphs else 0
-        loaded = regions.loaded if regions is not None else 0
-        return torch._dynamo.utils.counters["stats"]["unique_graphs"] + loaded, captured
+        regions_made = regions.loaded + regions.compiled if regions is not None else 0
+        return torch._dynamo.utils.counters["stats"]["unique_graphs"] + regions_made, captured
 
     compiled, captured = compiled_and_captured()
     first_request_s = {}
