@@ -17,6 +17,8 @@ filter misses them when they are *derived* types; `--guards serializable` (defau
 on globals, keeping the tensor, shape and module-structure guards; `--guards none` keeps none (as vLLM).
 If aot_compile or saving fails, the artifact is tried once more with `--guards none`.
 
+From the repo root, `PYTHONPATH=. python benchmarks/results/2026-12-01-h200-precompiled-regions/precompile_probe.py`:
+
     save --device cpu --size tiny --dtype fp32 --dir D   # compile, save artifacts, inputs and eager outputs
     load --dir D                                          # fresh process: load, check, time
 
@@ -32,7 +34,6 @@ T_START = time.perf_counter()
 ENV_CACHE_DIR = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
 
 import argparse  # noqa: E402
-import contextlib  # noqa: E402
 import inspect  # noqa: E402
 import json  # noqa: E402
 import sys  # noqa: E402
@@ -46,8 +47,10 @@ from diffusers.models.transformers.transformer_flux import (  # noqa: E402
     FluxTransformerBlock,
 )
 
+from deployments.engines.random_models import _seeded_init  # noqa: E402  (run from the repo root, PYTHONPATH=.)
+
 T_IMPORTS = time.perf_counter() - T_START
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 FLUX_SCHNELL_TRANSFORMER = REPO / "deployments" / "engines" / "flux_schnell" / "transformer" / "config.json"
 BLOCK_CLASSES = {"double": FluxTransformerBlock, "single": FluxSingleTransformerBlock}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -116,23 +119,9 @@ def dims_for(size: str) -> dict:
     }
 
 
-@contextlib.contextmanager
-def seeded(seed: int, device: torch.device, dtype: torch.dtype):
-    """Parameters created directly on `device` in `dtype` from `seed` (as random_models._seeded_init)."""
-    previous = torch.get_default_dtype()
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices), torch.device(device):
-        torch.manual_seed(seed)
-        torch.set_default_dtype(dtype)
-        try:
-            yield
-        finally:
-            torch.set_default_dtype(previous)
-
-
 def build_block(kind: str, dims: dict, seed: int, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
     dim = dims["heads"] * dims["head_dim"]
-    with seeded(seed, device, dtype):
+    with _seeded_init(seed, device, dtype):
         block = BLOCK_CLASSES[kind](dim=dim, num_attention_heads=dims["heads"], attention_head_dim=dims["head_dim"])
     return block.eval().requires_grad_(False)
 
