@@ -174,7 +174,8 @@ def test_fp8_engine_keeps_block_matmuls_in_float8_and_draws_nearly_the_same_imag
 
 def test_precompiled_regions_compile_once_and_a_restarted_replica_loads_them(tmp_path):
     """`compile: precompiled` saves each compiled region whole: one file serves every block of a class (weights are
-    its inputs), and a new store on the same folder, as a restarted replica has, loads it instead of compiling."""
+    its inputs), also when a block gets slices of a tensor as FLUX's later single blocks do, and a new store on the
+    same folder, as a restarted replica has, loads it instead of compiling."""
     block = tiny_flux_pipeline().transformer.single_transformer_blocks[0].eval()
     other = copy.deepcopy(block)
     with torch.no_grad():
@@ -182,21 +183,23 @@ def test_precompiled_regions_compile_once_and_a_restarted_replica_loads_them(tmp
             parameter.mul_(1.5)
     restarted_blocks = copy.deepcopy([block, other])
     generator = torch.Generator().manual_seed(0)
-    inputs = {
-        "hidden_states": torch.randn(1, 16, 32, generator=generator),
-        "encoder_hidden_states": torch.randn(1, 8, 32, generator=generator),
-        "temb": torch.randn(1, 32, generator=generator),
-        "image_rotary_emb": (torch.randn(24, 16, generator=generator), torch.randn(24, 16, generator=generator)),
-    }
-    with torch.inference_mode():
-        expected = [b(**inputs) for b in (block, other)]
+    with torch.inference_mode():  # as the engine makes its tensors: guards see the difference
+        inputs = {
+            "hidden_states": torch.randn(1, 16, 32, generator=generator),
+            "encoder_hidden_states": torch.randn(1, 8, 32, generator=generator),
+            "temb": torch.randn(1, 32, generator=generator),
+            "image_rotary_emb": (torch.randn(24, 16, generator=generator), torch.randn(24, 16, generator=generator)),
+        }
+        joined = torch.cat([inputs["encoder_hidden_states"], inputs["hidden_states"]], dim=1)
+        sliced = {**inputs, "encoder_hidden_states": joined[:, :8], "hidden_states": joined[:, 8:]}  # other strides
+        expected = [block(**inputs), other(**sliced)]
 
     for blocks, compiled, loaded in (([block, other], 1, 0), (restarted_blocks, 0, 1)):
         store = RegionStore(tmp_path)
         for b in blocks:
             store.install(b)
         with torch.inference_mode():
-            outputs = [b(**inputs) for b in blocks]
+            outputs = [blocks[0](**inputs), blocks[1](**sliced)]
         assert (store.compiled, store.loaded) == (compiled, loaded)
         torch.testing.assert_close(outputs, expected, atol=1e-5, rtol=1e-5)
     assert len(list(tmp_path.iterdir())) == 1

@@ -7,10 +7,12 @@ its guards, and `torch.compiler.load_compiled_function` loads it in 0.05-0.6 s (
 
 A region's weights are inputs of its compiled function, which runs the region's code on an empty copy of
 it (a template on the meta device): one file serves every block of a class and holds no weights. There is
-one file per input signature (shapes, strides, dtypes, devices), as with `dynamic=False`. Files sit in a
-folder named after what they depend on (the template's structure, the source of its classes and of this
-module, the package, torch, Python, CUDA and GPU versions): after any change a replica compiles into a new
-folder, and old ones can be deleted. The files are pickles: only the service may write the folder.
+one file per input signature (shapes, dtypes, devices), as with `dynamic=False`; inputs are made dense
+first, so that a block called on slices of a tensor (FLUX's single blocks after the first) shares the file
+of one called on whole tensors. Files sit in a folder named after what they depend on (the template's
+structure, the source of its classes and of this module, the package, torch, Python, CUDA and GPU
+versions): after any change a replica compiles into a new folder, and old ones can be deleted. The files
+are pickles: only the service may write the folder.
 """
 
 import copy
@@ -25,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils._pytree import tree_flatten
+from torch.utils._pytree import tree_flatten, tree_map_only
 
 logger = logging.getLogger(__name__)
 
@@ -155,6 +157,16 @@ def empty_copy(module: torch.nn.Module) -> torch.nn.Module:
         return copy.deepcopy(module, memo).eval()
 
 
+def dense(tensor: torch.Tensor) -> torch.Tensor:
+    """`tensor` with the strides of a new tensor of its shape (copied only if it has others). `contiguous()` is not
+    enough: a slice along dim 1 at batch size 1 is contiguous, yet its batch stride differs, and guards see it."""
+    strides, size = [], 1
+    for length in reversed(tensor.shape):
+        strides.insert(0, size)
+        size *= max(length, 1)
+    return tensor if tensor.stride() == tuple(strides) else tensor.clone(memory_format=torch.contiguous_format)
+
+
 class PrecompiledRegion:
     """Stands in for a region's `forward`: its compiled function for these inputs, called with its weights."""
 
@@ -166,4 +178,5 @@ class PrecompiledRegion:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         weights = region_weights(self.module)
+        args, kwargs = tree_map_only(torch.Tensor, dense, (args, kwargs))
         return self.store.compiled_function(self, weights, args, kwargs)(weights, args, kwargs)
