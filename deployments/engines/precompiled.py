@@ -2,12 +2,14 @@
 
 `torch.compile` keeps Inductor's kernels on disk, but in every new process Dynamo traces each region's
 Python again: 18.6 s of a 37.8 s warm start with the fp8 profile on an H200. torch's precompile API
-(`torch.compile(...).aot_compile`, experimental since torch 2.9) saves a traced and compiled function with
-its guards, and `torch.compiler.load_compiled_function` loads it in 0.05-0.6 s (H200, torch 2.11).
+(`torch.compile(...).aot_compile`, experimental since torch 2.9) saves a traced and compiled function, and
+`torch.compiler.load_compiled_function` loads it in 0.05-0.6 s (H200, torch 2.11). Dynamo's guards are not
+kept: the store picks a function by its own signature of the call, and rebuilding hundreds of guards on the
+weights cost more than the rest of a load.
 
 A region's weights are inputs of its compiled function, which runs the region's code on an empty copy of
 it (a template on the meta device): one file serves every block of a class and holds no weights. There is
-one file per input signature (shapes, dtypes, devices), as with `dynamic=False`; inputs are made dense
+one file per input signature (shapes, strides, dtypes, devices), as with `dynamic=False`; inputs are made dense
 first, so that a block called on slices of a tensor (FLUX's single blocks after the first) shares the file
 of one called on whole tensors. Files sit in a folder named after what they depend on (the template's
 structure, the source of its classes and of this module, the package, torch, Python, CUDA and GPU
@@ -41,16 +43,10 @@ def region_function(template: torch.nn.Module) -> Callable:
     return run
 
 
-def serializable_guards(entries: list) -> list[bool]:
-    """The guards a saved function can keep: none on globals, and none of a type Dynamo cannot serialize (directly
-    or derived from one; torch's default filter misses the derived ones and the save fails)."""
-    unsupported = set(torch._dynamo.guards.CheckFunctionManager.UNSUPPORTED_SERIALIZATION_GUARD_TYPES)
-    return [
-        not entry.is_global
-        and entry.guard_type not in unsupported
-        and not set(getattr(entry, "derived_guard_types", ()) or ()) & unsupported
-        for entry in entries
-    ]
+def no_guards(entries: list) -> list[bool]:
+    """Dynamo keeps none of its guards: the store's signature of a call stands for them. Rebuilding hundreds of
+    guards on a region's weights was most of a file's load (0.2 s on the H200 host), and every call checked them."""
+    return [False] * len(entries)
 
 
 class RegionStore:
@@ -74,15 +70,15 @@ class RegionStore:
 
     def compiled_function(self, region: "PrecompiledRegion", weights: dict, args: tuple, kwargs: dict) -> Callable:
         """The function for `region` at these inputs: already loaded, read from the folder, or compiled now (and
-        saved). A file whose guards refuse these inputs is compiled again and replaced."""
+        saved). The signature covers what Dynamo's guards would check: inputs' shapes, strides, dtypes, devices,
+        autograd state, and (through the digest) the weights'."""
         leaves, spec = tree_flatten((args, kwargs))
         signature = (
             region.digest,
             str(spec),
-            *(
-                (tuple(x.shape), x.stride(), str(x.dtype), str(x.device)) if isinstance(x, torch.Tensor) else repr(x)
-                for x in leaves
-            ),
+            torch.is_grad_enabled(),
+            torch.is_inference_mode_enabled(),
+            *(tensor_facts(x) if isinstance(x, torch.Tensor) else repr(x) for x in leaves),
         )
         function = self.functions.get(signature)
         if function is None:
@@ -90,10 +86,6 @@ class RegionStore:
             key = hashlib.sha256(repr(signature).encode()).hexdigest()[:32]
             path = self.folder / region.digest[:16] / f"{type(region.template).__name__}-{key}.bin"
             function = self._load(path, region.template) if path.is_file() else None
-            if function is not None and not function.guard_check(weights, args, kwargs):
-                logger.warning("The compiled region %s does not accept these inputs; compiling it again", path)
-                self.loaded -= 1
-                function = None
             if function is None:
                 function = self._compile(path, region.template, weights, args, kwargs)
             self.functions[signature] = function
@@ -116,7 +108,7 @@ class RegionStore:
                 region_function(template),
                 fullgraph=True,
                 dynamic=False,
-                options={"guard_filter_fn": serializable_guards},
+                options={"guard_filter_fn": no_guards},
             )
             function = compiled.aot_compile(((weights, args, kwargs), {}))
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -134,7 +126,7 @@ class RegionStore:
         packages = {name.split(".")[0] for name in modules}  # diffusers' version covers the code the blocks call
         versions = sorted((name, getattr(sys.modules[name], "__version__", None)) for name in packages)
         gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
-        weights = [(name, str(t.dtype), t.stride()) for name, t in region_weights(module).items()]
+        weights = [(name, *tensor_facts(t)) for name, t in region_weights(module).items()]
         facts = (repr(template), weights, sources, versions, torch.__version__, torch.version.cuda, sys.version, gpu)
         return hashlib.sha256(repr(facts).encode()).hexdigest()
 
@@ -144,9 +136,15 @@ def region_weights(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {**dict(module.named_parameters()), **dict(module.named_buffers())}
 
 
+def tensor_facts(tensor: torch.Tensor) -> tuple:
+    """What Dynamo's guards would check of a tensor, and a compiled region relies on."""
+    facts = (tuple(tensor.shape), tensor.stride(), tensor.dtype, tensor.device, tensor.requires_grad)
+    return (*facts, tensor.is_inference(), type(tensor))
+
+
 def empty_copy(module: torch.nn.Module) -> torch.nn.Module:
     """`module` with its weights on the meta device, copied without copying them. Made in inference mode, as the
-    regions run: their tensors' dispatch keys are guarded on."""
+    regions run: it is traced with their dispatch keys."""
     with torch.inference_mode():
         memo = {
             id(tensor): torch.nn.Parameter(torch.empty_like(tensor, device="meta"), requires_grad=False)
@@ -159,7 +157,7 @@ def empty_copy(module: torch.nn.Module) -> torch.nn.Module:
 
 def dense(tensor: torch.Tensor) -> torch.Tensor:
     """`tensor` with the strides of a new tensor of its shape (copied only if it has others). `contiguous()` is not
-    enough: a slice along dim 1 at batch size 1 is contiguous, yet its batch stride differs, and guards see it."""
+    enough: a slice along dim 1 at batch size 1 is contiguous, yet its batch stride differs (the signature has it)."""
     strides, size = [], 1
     for length in reversed(tensor.shape):
         strides.insert(0, size)
