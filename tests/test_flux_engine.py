@@ -183,7 +183,7 @@ def test_precompiled_regions_compile_once_and_a_restarted_replica_loads_them(tmp
             parameter.mul_(1.5)
     restarted_blocks = copy.deepcopy([block, other])
     generator = torch.Generator().manual_seed(0)
-    with torch.inference_mode():  # as the engine makes its tensors: guards see the difference
+    with torch.inference_mode():  # as the engine makes its tensors (inference tensors are another signature)
         inputs = {
             "hidden_states": torch.randn(1, 16, 32, generator=generator),
             "encoder_hidden_states": torch.randn(1, 8, 32, generator=generator),
