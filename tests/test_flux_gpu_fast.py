@@ -89,7 +89,9 @@ def test_precompiled_fp8_engine_draws_the_same_images_and_a_restarted_one_loads_
     reference_and_fast_engine, tmp_path
 ):
     """`compile: precompiled`: the first engine compiles and saves its regions, the next one (a restarted replica)
-    loads every one of them and draws the same image."""
+    loads every one of them and draws the same image, up to its last bits: a loaded region's kernels autotune
+    again on their first call and may choose other launch settings (H200, torch 2.11, 2026-12-01: one bf16 step
+    apart in places)."""
     reference, engine = reference_and_fast_engine
     engine.pipe = None
     free_cuda()
@@ -111,5 +113,5 @@ def test_precompiled_fp8_engine_draws_the_same_images_and_a_restarted_one_loads_
         images.append(generate(fp8, seed=SEEDS[0]).cpu())
         del fp8
         free_cuda()
-    assert (images[0] - reference[SEEDS[0]]).abs().mean().item() < 0.02
-    assert torch.equal(images[0], images[1])
+    assert all((image - reference[SEEDS[0]]).abs().mean().item() < 0.02 for image in images)
+    assert (images[0] - images[1]).abs().mean().item() < 0.005

@@ -1,0 +1,11 @@
+set -o pipefail
+unset PYTHONDONTWRITEBYTECODE; export PYTHONPYCACHEPREFIX=/tmp/pycache
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee $OUT/card.txt
+python3 -c "import deployments.engines.flux" 2>/dev/null
+F='warn\|^$\|This call originates\|File "/tmp/site\|if dtype =='
+timeout 480 python3 -m benchmarks.replica_start --compile precompiled --starts cold --cache-dir /tmp/vortex-cc --timeout-s 470 --out $OUT/cold.json 2>&1 | grep -v -i "$F" | tee $OUT/cold.txt | grep -v "^RESULT" | tail -30
+ls /tmp/vortex-cc/vortex-regions/* | wc -l > $OUT/regions.txt; du -sh /tmp/vortex-cc/vortex-regions >> $OUT/regions.txt; cat $OUT/regions.txt
+echo "elapsed $SECONDS"
+if [ $SECONDS -lt 490 ]; then
+timeout $((590-SECONDS)) python3 -m benchmarks.replica_start --compile precompiled --starts warm diffusers --cache-dir /tmp/vortex-cc --timeout-s $((580-SECONDS)) --out $OUT/warm.json 2>&1 | grep -v -i "$F" | tee $OUT/warm.txt | grep -v "^RESULT" | tail -40
+fi
