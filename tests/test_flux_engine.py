@@ -174,14 +174,18 @@ def test_fp8_engine_keeps_block_matmuls_in_float8_and_draws_nearly_the_same_imag
 
 def test_precompiled_regions_compile_once_and_a_restarted_replica_loads_them(tmp_path):
     """`compile: precompiled` saves each compiled region whole: one file serves every block of a class (weights are
-    its inputs), also when a block gets slices of a tensor as FLUX's later single blocks do, and a new store on the
-    same folder, as a restarted replica has, loads it instead of compiling."""
+    its inputs), also when a block gets slices of a tensor as FLUX's later single blocks do; a block whose weights
+    are laid out otherwise gets its own; a new store on the same folder, as a restarted replica has, loads them
+    instead of compiling."""
     block = tiny_flux_pipeline().transformer.single_transformer_blocks[0].eval()
     other = copy.deepcopy(block)
     with torch.no_grad():
         for parameter in other.parameters():
             parameter.mul_(1.5)
-    restarted_blocks = copy.deepcopy([block, other])
+    transposed = copy.deepcopy(block)  # the same values, one weight stored column-major
+    weight = transposed.proj_out.weight
+    transposed.proj_out.weight = torch.nn.Parameter(weight.detach().t().contiguous().t(), weight.requires_grad)
+    restarted_blocks = copy.deepcopy([block, other, transposed])
     generator = torch.Generator().manual_seed(0)
     with torch.inference_mode():  # as the engine makes its tensors (inference tensors are another signature)
         inputs = {
@@ -192,17 +196,17 @@ def test_precompiled_regions_compile_once_and_a_restarted_replica_loads_them(tmp
         }
         joined = torch.cat([inputs["encoder_hidden_states"], inputs["hidden_states"]], dim=1)
         sliced = {**inputs, "encoder_hidden_states": joined[:, :8], "hidden_states": joined[:, 8:]}  # other strides
-        expected = [block(**inputs), other(**sliced)]
+        expected = [block(**inputs), other(**sliced), block(**inputs)]
 
-    for blocks, compiled, loaded in (([block, other], 1, 0), (restarted_blocks, 0, 1)):
+    for blocks, compiled, loaded in (([block, other, transposed], 2, 0), (restarted_blocks, 0, 2)):
         store = RegionStore(tmp_path)
         for b in blocks:
             store.install(b)
         with torch.inference_mode():
-            outputs = [blocks[0](**inputs), blocks[1](**sliced)]
+            outputs = [blocks[0](**inputs), blocks[1](**sliced), blocks[2](**inputs)]
         assert (store.compiled, store.loaded) == (compiled, loaded)
         torch.testing.assert_close(outputs, expected, atol=1e-5, rtol=1e-5)
-    assert len(list(tmp_path.iterdir())) == 1
+    assert len(list(tmp_path.iterdir())) == 2
 
 
 def test_vae_tiles_bound_the_decoders_input_and_still_give_the_whole_image():

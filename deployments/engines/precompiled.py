@@ -54,19 +54,20 @@ class RegionStore:
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
-        self.templates: dict[str, tuple[torch.nn.Module, str]] = {}  # by the region's structure
+        self.templates: dict[tuple, tuple[torch.nn.Module, str]] = {}  # by the region's structure and weights
         self.functions: dict[tuple, Callable] = {}
         self.loaded = 0
         self.compiled = 0
         self.seconds = 0.0  # spent loading and compiling
 
     def install(self, module: torch.nn.Module) -> None:
-        """From now on `module` runs through the store."""
-        structure = repr(module)
-        if structure not in self.templates:
+        """From now on `module` runs through the store. Blocks share a template when their structure and their
+        weights' shapes, dtypes and layouts agree (a block whose weights were left unquantized gets its own)."""
+        kind = (repr(module), weight_facts(module))
+        if kind not in self.templates:
             template = empty_copy(module)
-            self.templates[structure] = (template, self._digest(template, module))
-        module.forward = PrecompiledRegion(module, self, *self.templates[structure])
+            self.templates[kind] = (template, self._digest(template, module))
+        module.forward = PrecompiledRegion(module, self, *self.templates[kind])
 
     def compiled_function(self, region: "PrecompiledRegion", weights: dict, args: tuple, kwargs: dict) -> Callable:
         """The function for `region` at these inputs: already loaded, read from the folder, or compiled now (and
@@ -126,14 +127,27 @@ class RegionStore:
         packages = {name.split(".")[0] for name in modules}  # diffusers' version covers the code the blocks call
         versions = sorted((name, getattr(sys.modules[name], "__version__", None)) for name in packages)
         gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
-        weights = [(name, *tensor_facts(t)) for name, t in region_weights(module).items()]
-        facts = (repr(template), weights, sources, versions, torch.__version__, torch.version.cuda, sys.version, gpu)
+        facts = (
+            repr(template),
+            weight_facts(module),
+            sources,
+            versions,
+            torch.__version__,
+            torch.version.cuda,
+            sys.version,
+            gpu,
+        )
         return hashlib.sha256(repr(facts).encode()).hexdigest()
 
 
 def region_weights(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The inputs that stand for `module`'s state in its compiled function: parameters and buffers by name."""
     return {**dict(module.named_parameters()), **dict(module.named_buffers())}
+
+
+def weight_facts(module: torch.nn.Module) -> tuple:
+    """What a region's compiled function assumes of its weights, by name."""
+    return tuple((name, *tensor_facts(tensor)) for name, tensor in region_weights(module).items())
 
 
 def tensor_facts(tensor: torch.Tensor) -> tuple:
