@@ -90,7 +90,7 @@ def start_replica_engine(mode: str, rehearse: bool, cache_dir: str, compile_mode
     ready_s = time.perf_counter() - PROCESS_START
     cuda = torch.cuda.is_available()
     pipe, regions = engine.pipe, engine.regions
-    runners = [pipe.transformer.forward, pipe.text_encoder.forward, pipe.text_encoder_2.forward, pipe.vae.decode]
+    runners = [pipe.transformer.forward, pipe.text_encoder.forward, pipe.text_encoder_2.forward, pipe.vae._decode]
     result = {
         "mode": mode,
         "shapes": len(sizes) * len(batches),
