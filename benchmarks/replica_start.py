@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> None:
         default=STARTS,
         help="which starts to run (a warm one needs --cache-dir from an earlier cold one, when run alone)",
     )
-    parser.add_argument("--child", choices=["diffusers", "cold", "warm"], help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=STARTS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.child:

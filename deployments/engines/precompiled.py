@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch._prims_common import make_contiguous_strides_for
 from torch.utils._pytree import tree_flatten, tree_map_only
 
 logger = logging.getLogger(__name__)
@@ -172,11 +173,8 @@ def empty_copy(module: torch.nn.Module) -> torch.nn.Module:
 def dense(tensor: torch.Tensor) -> torch.Tensor:
     """`tensor` with the strides of a new tensor of its shape (copied only if it has others). `contiguous()` is not
     enough: a slice along dim 1 at batch size 1 is contiguous, yet its batch stride differs (the signature has it)."""
-    strides, size = [], 1
-    for length in reversed(tensor.shape):
-        strides.insert(0, size)
-        size *= max(length, 1)
-    return tensor if tensor.stride() == tuple(strides) else tensor.clone(memory_format=torch.contiguous_format)
+    dense_strides = make_contiguous_strides_for(tensor.shape)
+    return tensor if tensor.stride() == dense_strides else tensor.clone(memory_format=torch.contiguous_format)
 
 
 class PrecompiledRegion:
