@@ -110,7 +110,10 @@ class RegionStore:
                 region_function(template),
                 fullgraph=True,
                 dynamic=False,
-                options={"guard_filter_fn": no_guards},
+                # Triton's dynamic RBLOCK scaling adds configs after the kernel was saved; torch 2.11 loads a
+                # kernel whose saved best config is one of those by benchmarking all its configs again (2.6 s
+                # of an H200 warm start, and replicas that differ in their last bits; fixed in torch 2.12)
+                options={"guard_filter_fn": no_guards, "dynamic_scale_rblock": False},
             )
             function = compiled.aot_compile(((weights, args, kwargs), {}))
         path.parent.mkdir(parents=True, exist_ok=True)
