@@ -71,9 +71,9 @@ class FluxConfig(BaseModel):
         "(compiled at replica start, before it serves; fused kernels, far fewer launches). precompiled "
         "(experimental): the same regions, each saved whole once compiled, under compile_cache_dir's "
         "vortex-regions folder (torch's precompile API, torch 2.9+), so that a replica which finds them loads them "
-        "instead of tracing them again (fp8 profile, H200: warm start 28 s against regional's 38 s; cold 293-350 s "
-        "against 148 s). Its kernels autotune again in each replica, so replicas' images can differ in their last "
-        "bits. Not with nf4; with vae_tile_size the decoder is compiled as with regional, not saved.",
+        "instead of tracing them again (fp8 profile, H200: warm start 24 s, regional's 38 s in an earlier run; "
+        "cold about 310 s against 148 s). Not with nf4; with vae_tile_size the decoder is compiled as with "
+        "regional, not saved.",
     )
     fuse_qkv: bool = Field(False, description="Fuse the attention Q/K/V projections into one GEMM each.")
     cuda_graphs: int = Field(
