@@ -22,6 +22,7 @@ real checkpoint add the time to read it from local disk. Prints a table naming t
 """
 
 import argparse
+import gc
 import json
 import subprocess
 import sys
@@ -50,16 +51,39 @@ def profile_args(rehearse: bool, compile_mode: str | None) -> dict:
     return args
 
 
+class FullCollections:
+    """Seconds spent in Python's full (oldest-generation) garbage collections since the last `take()`."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.started = 0.0
+        gc.callbacks.append(self.on_collection)
+
+    def on_collection(self, phase: str, info: dict) -> None:
+        if info["generation"] == 2:
+            if phase == "start":
+                self.started = time.perf_counter()
+            else:
+                self.seconds += time.perf_counter() - self.started
+
+    def take(self) -> float:
+        seconds, self.seconds = self.seconds, 0.0
+        return seconds
+
+
 def start_replica_engine(mode: str, rehearse: bool, cache_dir: str, compile_mode: str | None) -> dict:
     """In this (fresh) process: what `FluxGenerator.__init__` does, timed; then every shape once."""
     import torch
 
     from deployments.config import AppArgs, FluxConfig
+    from deployments.engines.common import freeze_startup_heap
+    from deployments.engines.cuda_graphs import CudaGraphRunner
     from deployments.engines.flux import FluxEngine
     from deployments.engines.random_models import full_size_flux_pipeline, tiny_flux_pipeline
     from deployments.vram import GIB
 
     imported_s = time.perf_counter() - PROCESS_START
+    collections = FullCollections()
     args = AppArgs.model_validate(profile_args(rehearse, compile_mode))
     batches = range(1, args.batching.generator.max_batch_size + 1)
     sizes = args.limits.shapes()
@@ -87,6 +111,9 @@ def start_replica_engine(mode: str, rehearse: bool, cache_dir: str, compile_mode
             start = time.perf_counter()
             engine.warm_up([(width, height)], [batch])
             warmup_per_shape_s[f"{width}x{height} b{batch}"] = time.perf_counter() - start
+    collections_in_warmup_s = collections.take()
+    freeze_startup_heap()  # as FluxGenerator does once its engine is ready
+    freeze_s = collections.take()
     ready_s = time.perf_counter() - PROCESS_START
     cuda = torch.cuda.is_available()
     pipe, regions = engine.pipe, engine.regions
@@ -107,6 +134,9 @@ def start_replica_engine(mode: str, rehearse: bool, cache_dir: str, compile_mode
             for name, runner in zip(["transformer", "clip_text", "t5", "vae_decode"], runners, strict=True)
             if hasattr(runner, "capture_s")
         },
+        # Full garbage collections (each walks every object, holding the GIL) during the warm-up, and the one
+        # collection before the startup heap is frozen.
+        "full_collections_s": {"warm-up": collections_in_warmup_s, "freeze": freeze_s},
         "precompiled_regions": None
         if regions is None
         else {"loaded": regions.loaded, "compiled": regions.compiled, "s": regions.seconds},
@@ -116,8 +146,8 @@ def start_replica_engine(mode: str, rehearse: bool, cache_dir: str, compile_mode
 
     def compiled_and_captured() -> tuple[int, int]:
         """Graphs compiled in this process by Dynamo, plus precompiled regions loaded or compiled (a region compiled
-        may count twice: what matters is whether a request made any), and CUDA graphs the transformer holds."""
-        captured = len(engine.pipe.transformer.forward) if engine.config.cuda_graphs else 0
+        may count twice: what matters is whether a request made any), and the CUDA graphs every runner holds."""
+        captured = sum(len(runner) for runner in runners if isinstance(runner, CudaGraphRunner))
         regions_made = regions.loaded + regions.compiled if regions is not None else 0
         return torch._dynamo.utils.counters["stats"]["unique_graphs"] + regions_made, captured
 
@@ -132,6 +162,9 @@ def start_replica_engine(mode: str, rehearse: bool, cache_dir: str, compile_mode
                 torch.cuda.synchronize()
             first_request_s[f"{width}x{height} b{batch}"] = time.perf_counter() - start
     result["first_request_s"] = first_request_s
+    result["full_collections_s"]["first requests"] = collections.take()
+    gc.callbacks.remove(collections.on_collection)
+    gc.unfreeze()  # this process may go on (the rehearsal runs every start in one)
     compiled_after, captured_after = compiled_and_captured()
     result["compiled_on_requests"] = compiled_after - compiled
     result["captured_on_requests"] = captured_after - captured
@@ -206,6 +239,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{row['mode']} warm-up: Dynamo {phases}; CUDA graph captures (eager call included) {captures}")
         if row["precompiled_regions"] is not None:
             print(f"{row['mode']} warm-up, precompiled regions: {row['precompiled_regions']}")
+        collections = {name: round(seconds, 2) for name, seconds in row["full_collections_s"].items()}
+        print(f"{row['mode']} start, full garbage collections (s): {collections}")
         slowest_shapes = sorted(row["warmup_per_shape_s"].items(), key=lambda item: -item[1])[:5]
         print(f"{row['mode']} warm-up, slowest shapes: " + ", ".join(f"{k} {v:.1f} s" for k, v in slowest_shapes))
     for row in results:

@@ -46,6 +46,7 @@ _DONE = object()  # the last item of a job's event queue
 class FluxGenerator(BatchingReplica):
     def __init__(self, config: FluxConfig, batching: BatchLimits, sizes: list[tuple[int, int]]) -> None:
         # The engine (torch, diffusers) is imported here, in the replica: building the application does not load it.
+        from deployments.engines.common import freeze_startup_heap
         from deployments.engines.flux import FluxEngine
 
         super().__init__()
@@ -54,6 +55,7 @@ class FluxGenerator(BatchingReplica):
         self.engine = FluxEngine.load(
             config, warmup_sizes=sizes, warmup_batch_sizes=range(1, batching.max_batch_size + 1)
         )
+        freeze_startup_heap()
         self.waiting: asyncio.Queue[_Waiting] = asyncio.Queue()
         self.held_over: _Waiting | None = None  # taken from the queue, but its images did not fit the last batch
         self.batcher: asyncio.Task | None = None

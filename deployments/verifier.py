@@ -23,10 +23,12 @@ class ClipVerifier(BatchingReplica):
     def __init__(self, config: VerifierConfig, batching: BatchLimits) -> None:
         # The engine (torch, open_clip) is imported here, in the replica: building the application does not load it.
         from deployments.engines.clip import ClipEngine
+        from deployments.engines.common import freeze_startup_heap
 
         super().__init__()
         self.base_config = config
         self.engine = ClipEngine.load(config)
+        freeze_startup_heap()
         self.verify.set_max_batch_size(batching.max_batch_size)
         self.verify.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
 
