@@ -83,7 +83,6 @@ def start_replica_engine(mode: str, rehearse: bool, cache_dir: str, compile_mode
     from deployments.vram import GIB
 
     imported_s = time.perf_counter() - PROCESS_START
-    collections = FullCollections()
     args = AppArgs.model_validate(profile_args(rehearse, compile_mode))
     batches = range(1, args.batching.generator.max_batch_size + 1)
     sizes = args.limits.shapes()
@@ -106,6 +105,7 @@ def start_replica_engine(mode: str, rehearse: bool, cache_dir: str, compile_mode
     engine = FluxEngine.load(config, warmup_sizes=(), warmup_batch_sizes=())  # the load alone
     load_s = time.perf_counter() - start
     warmup_per_shape_s = {}
+    collections = FullCollections()
     for width, height in sizes:  # as engine.warm_up(sizes, batches), one shape at a time to see where time goes
         for batch in batches:
             start = time.perf_counter()
