@@ -22,6 +22,7 @@ real checkpoint add the time to read it from local disk. Prints a table naming t
 """
 
 import argparse
+import contextlib
 import gc
 import json
 import subprocess
@@ -73,14 +74,17 @@ class FullCollections:
 
 def start_replica_engine(mode: str, rehearse: bool, cache_dir: str, compile_mode: str | None) -> dict:
     """In this (fresh) process: what `FluxGenerator.__init__` does, timed; then every shape once."""
-    import torch
+    from deployments.engines.heap import freeze_startup_heap, imports_without_collections
 
-    from deployments.config import AppArgs, FluxConfig
-    from deployments.engines.common import freeze_startup_heap
-    from deployments.engines.cuda_graphs import CudaGraphRunner
-    from deployments.engines.flux import FluxEngine
-    from deployments.engines.random_models import full_size_flux_pipeline, tiny_flux_pipeline
-    from deployments.vram import GIB
+    # As a replica, with the garbage collector paused; plain diffusers as its users run it.
+    with imports_without_collections() if mode != "diffusers" else contextlib.nullcontext():
+        import torch
+
+        from deployments.config import AppArgs, FluxConfig
+        from deployments.engines.cuda_graphs import CudaGraphRunner
+        from deployments.engines.flux import FluxEngine
+        from deployments.engines.random_models import full_size_flux_pipeline, tiny_flux_pipeline
+        from deployments.vram import GIB
 
     imported_s = time.perf_counter() - PROCESS_START
     args = AppArgs.model_validate(profile_args(rehearse, compile_mode))
@@ -101,11 +105,12 @@ def start_replica_engine(mode: str, rehearse: bool, cache_dir: str, compile_mode
         }
 
     config = args.flux if rehearse else FluxConfig(**{**args.flux.model_dump(), "compile_cache_dir": cache_dir})
+    collections = FullCollections()
     start = time.perf_counter()
     engine = FluxEngine.load(config, warmup_sizes=(), warmup_batch_sizes=())  # the load alone
     load_s = time.perf_counter() - start
+    collections_in_load_s = collections.take()
     warmup_per_shape_s = {}
-    collections = FullCollections()
     for width, height in sizes:  # as engine.warm_up(sizes, batches), one shape at a time to see where time goes
         for batch in batches:
             start = time.perf_counter()
@@ -134,9 +139,9 @@ def start_replica_engine(mode: str, rehearse: bool, cache_dir: str, compile_mode
             for name, runner in zip(["transformer", "clip_text", "t5", "vae_decode"], runners, strict=True)
             if hasattr(runner, "capture_s")
         },
-        # Full garbage collections (each walks every object, holding the GIL) during the warm-up, and the one
-        # collection before the startup heap is frozen.
-        "full_collections_s": {"warm-up": collections_in_warmup_s, "freeze": freeze_s},
+        # Full garbage collections (each walks every object not frozen, holding the GIL) after the imports (which
+        # run without), and the one collection before the startup heap is frozen.
+        "full_collections_s": {"load": collections_in_load_s, "warm-up": collections_in_warmup_s, "freeze": freeze_s},
         "precompiled_regions": None
         if regions is None
         else {"loaded": regions.loaded, "compiled": regions.compiled, "s": regions.seconds},

@@ -46,8 +46,10 @@ _DONE = object()  # the last item of a job's event queue
 class FluxGenerator(BatchingReplica):
     def __init__(self, config: FluxConfig, batching: BatchLimits, sizes: list[tuple[int, int]]) -> None:
         # The engine (torch, diffusers) is imported here, in the replica: building the application does not load it.
-        from deployments.engines.common import freeze_startup_heap
-        from deployments.engines.flux import FluxEngine
+        from deployments.engines.heap import freeze_startup_heap, imports_without_collections
+
+        with imports_without_collections():
+            from deployments.engines.flux import FluxEngine
 
         super().__init__()
         self.batching = batching

@@ -22,8 +22,10 @@ logger = logging.getLogger("ray.serve")
 class ClipVerifier(BatchingReplica):
     def __init__(self, config: VerifierConfig, batching: BatchLimits) -> None:
         # The engine (torch, open_clip) is imported here, in the replica: building the application does not load it.
-        from deployments.engines.clip import ClipEngine
-        from deployments.engines.common import freeze_startup_heap
+        from deployments.engines.heap import freeze_startup_heap, imports_without_collections
+
+        with imports_without_collections():
+            from deployments.engines.clip import ClipEngine
 
         super().__init__()
         self.base_config = config

@@ -30,16 +30,6 @@ def check_device(device: torch.device) -> None:
         torch.cuda.mem_get_info(device)
 
 
-def freeze_startup_heap() -> None:
-    """Collect once, then leave every object alive now (a replica's whole start: modules, weights' wrappers,
-    compiled code) out of all later garbage collections. Otherwise each full collection walks them all, holding
-    the GIL: 0.37 s for the CPU profile's 590,000 objects on a 2-core machine, a pause of the whole replica that
-    lands on whichever request allocates at the wrong moment. Only for a process that keeps its engine for
-    life: what is frozen is never collected, even once unreachable (`gc.unfreeze()` gives it back)."""
-    gc.collect()
-    gc.freeze()
-
-
 def out_of_memory(stage: str, device: torch.device, advice: str) -> OutOfGpuMemoryError:
     """Free what a failed step left behind, log the GPU's state with `advice` for operators, and describe it.
 
