@@ -1,8 +1,8 @@
 """How long a new generator replica takes to serve, with a cold and with a warm compile cache.
 
-    python -m benchmarks.replica_start                   # configs/gpu-80gb.yaml's engine and sizes
-    python -m benchmarks.replica_start --compile precompiled   # the same, its compiled regions saved and loaded
-    python -m benchmarks.replica_start --rehearse        # CPU, tiny model, one process: the script still runs
+    python -m benchmarks.replica_start                     # configs/gpu-80gb.yaml's engine and sizes
+    python -m benchmarks.replica_start --compile regional  # the same engine, regionally compiled instead
+    python -m benchmarks.replica_start --rehearse          # CPU, tiny model, one process: the script still runs
     python -m benchmarks.replica_start --starts cold --cache-dir D; ... --starts warm --cache-dir D   # in two calls
 
 A replica serves once its engine has loaded (built or read the weights, quantized, fused) and warmed

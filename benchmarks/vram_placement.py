@@ -15,9 +15,9 @@ loads the service until the VRAM-aware policy has added a replica, keeps the loa
 while a replica more would not fit, then waits for the scale-down. It prints where replicas ran, what
 the policy logged, the served throughput with one generator and with two, and the time from the
 autoscaler's scale-up decision (the controller's `Upscaling` line) to the new replica's first answer
-(its first `generate_stream` in its log). If the application does not reach RUNNING, it prints each
-deployment's status and Serve's message (a replica's error) before failing. Writes JSON. The load is
-bounded in requests and time.
+(its first `generate_stream` in its log), and each generator replica's start as Serve timed it (scheduled
+to ready). If the application does not reach RUNNING, it prints each deployment's status and Serve's
+message (a replica's error) before failing. Writes JSON. The load is bounded in requests and time.
 """
 
 import argparse
@@ -197,6 +197,22 @@ def scale_up_to_first_answer_s(logs: Path, first_replicas: set[str]) -> float | 
     return min(answers) - min(decisions)
 
 
+REPLICA_STARTED = re.compile(
+    r"Replica\(id='(\w+)', deployment='FluxGenerator'.*started successfully.* after ([\d.]+)s.* took ([\d.]+)s"
+)
+
+
+def generator_starts(logs: Path) -> list[dict]:
+    """Each generator replica's start as Serve's controller timed it: from starting the replica (scheduling its
+    actor) to ready, and the part in its constructor (the engine's imports, load and warm-up)."""
+    return [
+        {"replica": found[1], "scheduled_to_ready_s": float(found[2]), "constructor_s": float(found[3])}
+        for path in logs.glob("controller_*.log")
+        for line in path.read_text().splitlines()
+        if (found := REPLICA_STARTED.search(line))
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rehearse", type=int, metavar="GPUS", help="CPU rehearsal with this many logical GPUs.")
@@ -245,6 +261,13 @@ def main() -> None:
         )
         logs = Path(cluster.head_node.get_session_dir_path()) / "logs/serve"
         load["scale_up_to_first_answer_s"] = scale_up_to_first_answer_s(logs, first_replicas)
+        starts = generator_starts(logs)
+        for start in starts:
+            print(
+                f"FluxGenerator replica {start['replica']}: ready {start['scheduled_to_ready_s']:.1f} s after Serve "
+                f"started it ({start['constructor_s']:.1f} s in its constructor)",
+                flush=True,
+            )
         print("load:", {key: value for key, value in load.items() if key not in ("statuses", "replica_states")})
         one, two = load["images_per_s_one_replica"], load["images_per_s_two_replicas"]
         print(
@@ -274,7 +297,11 @@ def main() -> None:
             print(subprocess.run(["nvidia-smi", "--query-gpu=index,name,memory.used,memory.total",
                                   "--format=csv"], capture_output=True, text=True).stdout, flush=True)  # fmt: skip
         with open(args.out, "w") as f:
-            json.dump({"cards": cards, "load": load, "placed": placed, "controller": guard}, f, indent=2)
+            json.dump(
+                {"cards": cards, "load": load, "placed": placed, "generator_starts": starts, "controller": guard},
+                f,
+                indent=2,
+            )
     finally:
         from ray._private.utils import get_ray_address_file
 
