@@ -177,14 +177,15 @@ def log_time(line: str) -> float | None:
     )
 
 
+def controller_lines(logs: Path) -> list[str]:
+    """Every line Serve's controller has logged so far."""
+    return [line for path in logs.glob("controller_*.log") for line in path.read_text().splitlines()]
+
+
 def scale_up_to_first_answer_s(logs: Path, first_replicas: set[str]) -> float | None:
     """From the controller's first `Upscaling` of the generator to a new replica's first answer, from Serve's logs."""
-    decisions = [
-        log_time(line)
-        for path in logs.glob("controller_*.log")
-        for line in path.read_text().splitlines()
-        if "Upscaling Deployment(name='FluxGenerator'" in line
-    ]
+    upscaling = "Upscaling Deployment(name='FluxGenerator'"
+    decisions = [log_time(line) for line in controller_lines(logs) if upscaling in line]
     answers = [
         log_time(line)
         for path in logs.glob("replica_vortex_FluxGenerator_*.log")
@@ -202,13 +203,12 @@ REPLICA_STARTED = re.compile(
 )
 
 
-def generator_starts(logs: Path) -> list[dict]:
-    """Each generator replica's start as Serve's controller timed it: from starting the replica (scheduling its
-    actor) to ready, and the part in its constructor (the engine's imports, load and warm-up)."""
+def generator_starts(controller: list[str]) -> list[dict]:
+    """Each generator replica's start as Serve's controller timed it (its log lines): from starting the replica
+    (scheduling its actor) to ready, and the part in its constructor (the engine's imports, load and warm-up)."""
     return [
         {"replica": found[1], "scheduled_to_ready_s": float(found[2]), "constructor_s": float(found[3])}
-        for path in logs.glob("controller_*.log")
-        for line in path.read_text().splitlines()
+        for line in controller
         if (found := REPLICA_STARTED.search(line))
     ]
 
@@ -261,13 +261,6 @@ def main() -> None:
         )
         logs = Path(cluster.head_node.get_session_dir_path()) / "logs/serve"
         load["scale_up_to_first_answer_s"] = scale_up_to_first_answer_s(logs, first_replicas)
-        starts = generator_starts(logs)
-        for start in starts:
-            print(
-                f"FluxGenerator replica {start['replica']}: ready {start['scheduled_to_ready_s']:.1f} s after Serve "
-                f"started it ({start['constructor_s']:.1f} s in its constructor)",
-                flush=True,
-            )
         print("load:", {key: value for key, value in load.items() if key not in ("statuses", "replica_states")})
         one, two = load["images_per_s_one_replica"], load["images_per_s_two_replicas"]
         print(
@@ -285,10 +278,17 @@ def main() -> None:
         start = time.monotonic()
         wait_until(lambda: len(replicas(dashboard, "FluxGenerator")) == 1, 120, "no scale-down to 1 replica")
         print(f"scaled down to 1 replica {time.monotonic() - start:.0f} s after the load stopped", flush=True)
+        controller = controller_lines(logs)
+        starts = generator_starts(controller)
+        for started in starts:
+            print(
+                f"FluxGenerator replica {started['replica']}: ready {started['scheduled_to_ready_s']:.1f} s after "
+                f"Serve started it ({started['constructor_s']:.1f} s in its constructor)",
+                flush=True,
+            )
         guard = [
             line.split(" -- ")[-1]
-            for path in logs.glob("controller_*.log")
-            for line in path.read_text().splitlines()
+            for line in controller
             if "VRAM guard" in line or "replicas' VRAM as reported" in line
         ]
         for line in guard:
