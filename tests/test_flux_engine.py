@@ -176,7 +176,7 @@ def test_precompiled_regions_compile_once_and_a_restarted_replica_loads_them(tmp
     """`compile: precompiled` saves each compiled region whole: one file serves every block of a class (weights are
     its inputs), also when a block gets slices of a tensor as FLUX's later single blocks do; a block whose weights
     are laid out otherwise gets its own; a new store on the same folder, as a restarted replica has, loads them
-    instead of compiling."""
+    (prefetched on a background thread during the warm-up) instead of compiling."""
     block = tiny_flux_pipeline().transformer.single_transformer_blocks[0].eval()
     other = copy.deepcopy(block)
     with torch.no_grad():
@@ -202,7 +202,7 @@ def test_precompiled_regions_compile_once_and_a_restarted_replica_loads_them(tmp
         store = RegionStore(tmp_path)
         for b in blocks:
             store.install(b)
-        with torch.inference_mode():
+        with store.prefetching(), torch.inference_mode():  # as the warm-up runs: saved regions load on a thread
             outputs = [blocks[0](**inputs), blocks[1](**sliced), blocks[2](**inputs)]
         assert (store.compiled, store.loaded) == (compiled, loaded)
         torch.testing.assert_close(outputs, expected, atol=1e-5, rtol=1e-5)

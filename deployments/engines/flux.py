@@ -4,6 +4,7 @@ Plain PyTorch and diffusers; no Ray. The deployment in `deployments/generator.py
 is in `flux_loading.py`, speed setups in `flux_speedups.py`; this file is what runs per request.
 """
 
+import contextlib
 import logging
 import os
 import threading
@@ -115,7 +116,8 @@ class FluxEngine:
             side = min(max(512, config.min_side), config.max_side)
             sizes = list(warmup_sizes or [(side, side)])
             start = time.perf_counter()
-            engine.warm_up(sizes, warmup_batch_sizes)
+            with regions.prefetching() if regions is not None else contextlib.nullcontext():
+                engine.warm_up(sizes, warmup_batch_sizes)
             logger.info(
                 "Warmed up Flux (compile %s, CUDA graphs for up to %d shapes) for sizes %s at batch sizes %s in %.1f s",
                 config.compile,

@@ -24,7 +24,9 @@ import itertools
 import logging
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +61,8 @@ class RegionStore:
         self.functions: dict[tuple, Callable] = {}
         self.loaded = 0
         self.compiled = 0
-        self.seconds = 0.0  # spent loading and compiling
+        self.seconds = 0.0  # spent loading (or waiting for a prefetched load) and compiling
+        self._prefetched: dict[Path, Future] = {}
 
     def install(self, module: torch.nn.Module) -> None:
         """From now on `module` runs through the store. Blocks share a template when their structure and their
@@ -87,8 +90,14 @@ class RegionStore:
             start = time.perf_counter()
             key = hashlib.sha256(repr(signature).encode()).hexdigest()[:32]
             path = self.folder / region.digest[:16] / f"{type(region.template).__name__}-{key}.bin"
-            function = self._load(path, region.template) if path.is_file() else None
-            if function is None:
+            prefetched = self._prefetched.pop(path, None)
+            if prefetched is not None:
+                function = prefetched.result()
+            else:
+                function = self._load(path, region.template) if path.is_file() else None
+            if function is not None:
+                self.loaded += 1
+            else:
                 function = self._compile(path, region.template, weights, args, kwargs)
             self.functions[signature] = function
             self.seconds += time.perf_counter() - start
@@ -101,8 +110,24 @@ class RegionStore:
         except Exception:  # an unreadable or incompatible file is compiled again and replaced, never fatal
             logger.warning("Could not load the compiled region %s; compiling it again", path, exc_info=True)
             return None
-        self.loaded += 1
         return function
+
+    @contextmanager
+    def prefetching(self) -> Iterator[None]:
+        """Within: the saved regions of the installed templates load on a background thread, oldest first (the
+        order the cold start compiled them, which is the order the warm-up asks for them), while the caller's
+        thread runs the regions already loaded. Loading is Python work, so it gains where the caller waits for the
+        GPU (its eager calls). On exit, files not yet asked for are no longer loaded."""
+        templates = {digest[:16]: template for template, digest in self.templates.values()}
+        saved = [path for key in templates for path in (self.folder / key).glob("*.bin")]
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="region-prefetch")
+        for path in sorted(saved, key=lambda path: path.stat().st_mtime):
+            self._prefetched[path] = executor.submit(self._load, path, templates[path.parent.name])
+        try:
+            yield
+        finally:
+            executor.shutdown(wait=True, cancel_futures=True)
+            self._prefetched.clear()
 
     def _compile(self, path: Path, template: torch.nn.Module, weights: dict, args: tuple, kwargs: dict) -> Callable:
         with torch._dynamo.config.patch(enable_aot_compile=True):  # off by default before torch 2.12
