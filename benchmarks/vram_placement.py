@@ -16,7 +16,9 @@ while a replica more would not fit, then waits for the scale-down. It prints whe
 the policy logged, the served throughput with one generator and with two, and the time from the
 autoscaler's scale-up decision (the controller's `Upscaling` line) to the new replica's first answer
 (its first `generate_stream` in its log), and each generator replica's start as Serve timed it (scheduled
-to ready). If the application does not reach RUNNING, it prints each deployment's status and Serve's
+to ready). Last, it kills the generator's replica, as a crash would, and times Serve's replacement: a
+restarted replica on a card of its own, which reads the compile cache the first one left. If the application
+does not reach RUNNING, it prints each deployment's status and Serve's
 message (a replica's error) before failing. Writes JSON. The load is bounded in requests and time.
 """
 
@@ -167,6 +169,23 @@ def load_until_scaled(dashboard: str, clients: int, max_requests: int, timeout_s
     }
 
 
+def restart_generator(dashboard: str) -> dict:
+    """Kill the generator's one replica (its process dies, as in a crash) and wait for Serve's replacement."""
+    import ray
+
+    (killed,) = replicas(dashboard, "FluxGenerator")
+    ray.kill(ray.get_actor(killed["actor_name"], namespace="serve"), no_restart=True)
+    start = time.monotonic()
+
+    def replacements() -> list[str]:
+        return [r["replica_id"] for r in replicas(dashboard, "FluxGenerator")
+                if r["replica_id"] != killed["replica_id"] and r["state"] == "RUNNING"]  # fmt: skip
+
+    wait_until(replacements, 300, "no replacement for the killed generator replica")
+    seconds = round(time.monotonic() - start, 1)
+    return {"killed": killed["replica_id"], "replacement": replacements()[0], "killed_to_running_s": seconds}
+
+
 def log_time(line: str) -> float | None:
     """Seconds since the epoch of a Serve log line ('INFO 2026-12-01 01:17:06,293 ...')."""
     match = LOG_TIME.match(line)
@@ -278,12 +297,17 @@ def main() -> None:
         start = time.monotonic()
         wait_until(lambda: len(replicas(dashboard, "FluxGenerator")) == 1, 120, "no scale-down to 1 replica")
         print(f"scaled down to 1 replica {time.monotonic() - start:.0f} s after the load stopped", flush=True)
+        restart = restart_generator(dashboard)
+        print(f"killed generator replica {restart['killed']}: a replacement RUNNING {restart['killed_to_running_s']} s "
+              "later", flush=True)  # fmt: skip
         controller = controller_lines(logs)
         starts = generator_starts(controller)
+        kinds = {**dict.fromkeys(first_replicas, "first"), restart["replacement"]: "restarted"}
         for started in starts:
+            kind = kinds.get(started["replica"], "added")
             print(
-                f"FluxGenerator replica {started['replica']}: ready {started['scheduled_to_ready_s']:.1f} s after "
-                f"Serve started it ({started['constructor_s']:.1f} s in its constructor)",
+                f"FluxGenerator replica {started['replica']} ({kind}): ready {started['scheduled_to_ready_s']:.1f} s "
+                f"after Serve started it ({started['constructor_s']:.1f} s in its constructor)",
                 flush=True,
             )
         guard = [
@@ -298,7 +322,14 @@ def main() -> None:
                                   "--format=csv"], capture_output=True, text=True).stdout, flush=True)  # fmt: skip
         with open(args.out, "w") as f:
             json.dump(
-                {"cards": cards, "load": load, "placed": placed, "generator_starts": starts, "controller": guard},
+                {
+                    "cards": cards,
+                    "load": load,
+                    "placed": placed,
+                    "restart": restart,
+                    "generator_starts": starts,
+                    "controller": guard,
+                },
                 f,
                 indent=2,
             )

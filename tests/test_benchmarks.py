@@ -100,7 +100,11 @@ def test_vram_placement_rehearsal_scales_within_vram_and_back_down(tmp_path):
     assert any(
         "VRAM guard: FluxGenerator wants" in line and "no node has them free" in line for line in result["controller"]
     )
-    # Each generator's start as Serve timed it: the first replica's and the one the autoscaler added.
+    # Each generator's start as Serve timed it: the first replica's, the one the autoscaler added, and the one
+    # that replaced the killed replica.
     starts = result["generator_starts"]
-    assert len({start["replica"] for start in starts}) >= 2
+    assert len({start["replica"] for start in starts}) >= 3
     assert all(start["scheduled_to_ready_s"] >= start["constructor_s"] > 0 for start in starts)
+    restart = result["restart"]
+    assert restart["replacement"] != restart["killed"]
+    assert restart["replacement"] in {start["replica"] for start in starts}
