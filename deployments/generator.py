@@ -15,6 +15,8 @@ its batches held 2.3 requests on average while requests waited 2 s in the replic
 import asyncio
 import contextvars
 import itertools
+import logging
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -24,6 +26,8 @@ from ray import serve
 from deployments.api import GenerationJob
 from deployments.config import BatchLimits, FluxConfig
 from deployments.replica import BatchingReplica
+
+logger = logging.getLogger("ray.serve")
 
 
 @dataclass
@@ -48,8 +52,10 @@ class FluxGenerator(BatchingReplica):
         # The engine (torch, diffusers) is imported here, in the replica: building the application does not load it.
         from deployments.engines.heap import freeze_startup_heap, imports_without_collections
 
+        start = time.perf_counter()
         with imports_without_collections():
             from deployments.engines.flux import FluxEngine
+        logger.info("Imported the engine (torch, diffusers, transformers) in %.1f s", time.perf_counter() - start)
 
         super().__init__()
         self.batching = batching
