@@ -128,7 +128,8 @@ class FluxEngine:
             )
             if regions is not None:
                 logger.info(
-                    "Precompiled regions in %s: %d loaded, %d compiled and saved, in %.1f s of the warm-up",
+                    "Precompiled regions in %s: %d loaded, %d compiled and saved; %.1f s of loading (on a thread "
+                    "beside the warm-up) and compiling",
                     regions.folder,
                     regions.loaded,
                     regions.compiled,
