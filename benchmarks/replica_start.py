@@ -4,6 +4,7 @@
     python -m benchmarks.replica_start --compile regional  # the same engine, regionally compiled instead
     python -m benchmarks.replica_start --rehearse          # CPU, tiny model, one process: the script still runs
     python -m benchmarks.replica_start --starts cold --cache-dir D; ... --starts warm --cache-dir D   # in two calls
+    python -m benchmarks.replica_start --model DIR           # weights read from a diffusers folder on local disk
 
 A replica serves once its engine has loaded (built or read the weights, quantized, fused) and warmed
 up: compiled and captured every size of `limits.sizes` at every batch size of
@@ -17,8 +18,10 @@ new replica's would, and is timed from the process's start (imports included) to
 The baseline is plain diffusers: the same architecture, built the same way, eager, which compiles
 nothing. After the warm start the child generates once at every shape and records whether anything
 was compiled or captured (it must not be), and how long each first request took. Weights are the
-full-size architecture with seeded random weights, built on the GPU (`random_weights: full`): with a
-real checkpoint add the time to read it from local disk. Prints a table naming the card; writes JSON.
+full-size architecture with seeded random weights, built on the GPU (`random_weights: full`), or with
+`--model DIR` read from a diffusers folder on local disk as a replica reads its checkpoint (plain
+diffusers then loads the same folder): a real FLUX.1-schnell, or the full-size random one that
+`python -m deployments.engines.random_models DIR` saves. Prints a table naming the card; writes JSON.
 """
 
 import argparse
@@ -38,15 +41,17 @@ STARTS = ["diffusers", "cold", "warm"]
 REHEARSAL_FLUX = {"random_weights": "tiny", "precision": "fp32", "device": "cpu"}
 
 
-def profile_args(rehearse: bool, compile_mode: str | None) -> dict:
-    """The profile's `args:` with random weights (rehearsal: the CPU profile's tiny model, two small sizes), and
-    `compile_mode` instead of the profile's `flux.compile` when given."""
+def profile_args(rehearse: bool, compile_mode: str | None, model: str | None = None) -> dict:
+    """The profile's `args:` with random weights (rehearsal: the CPU profile's tiny model, two small sizes) or the
+    checkpoint in the folder `model`, and `compile_mode` instead of the profile's `flux.compile` when given."""
     args = app_args(PROFILE)
     if rehearse:
         args["flux"] = dict(REHEARSAL_FLUX)
         args["limits"] = {"sizes": ["256x256", "256x512"]}
     else:
         args["flux"] = {**args["flux"], "random_weights": "full"}
+    if model:
+        args["flux"] = {**args["flux"], "random_weights": None, "model": model, "offline": True}
     if compile_mode:
         args["flux"]["compile"] = compile_mode
     return args
@@ -72,7 +77,9 @@ class FullCollections:
         return seconds
 
 
-def start_replica_engine(mode: str, rehearse: bool, cache_dir: str, compile_mode: str | None) -> dict:
+def start_replica_engine(
+    mode: str, rehearse: bool, cache_dir: str, compile_mode: str | None, model: str | None = None
+) -> dict:
     """In this (fresh) process: what `FluxGenerator.__init__` does, timed; then every shape once."""
     from deployments.engines.heap import freeze_startup_heap, imports_without_collections
 
@@ -87,11 +94,17 @@ def start_replica_engine(mode: str, rehearse: bool, cache_dir: str, compile_mode
         from deployments.vram import GIB
 
     imported_s = time.perf_counter() - PROCESS_START
-    args = AppArgs.model_validate(profile_args(rehearse, compile_mode))
+    args = AppArgs.model_validate(profile_args(rehearse, compile_mode, model))
     batches = range(1, args.batching.generator.max_batch_size + 1)
     sizes = args.limits.shapes()
     if mode == "diffusers":
-        pipe = tiny_flux_pipeline(seed=0) if rehearse else full_size_flux_pipeline(seed=0)
+        if model:  # as its users load it
+            from diffusers import FluxPipeline
+
+            device, dtype = ("cpu", torch.float32) if rehearse else ("cuda", torch.bfloat16)
+            pipe = FluxPipeline.from_pretrained(model, torch_dtype=dtype, local_files_only=True).to(device)
+        else:
+            pipe = tiny_flux_pipeline(seed=0) if rehearse else full_size_flux_pipeline(seed=0)
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         ready_s = time.perf_counter() - PROCESS_START
@@ -183,6 +196,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--timeout-s", type=int, default=560, help="Per start.")
     parser.add_argument("--out", default="replica_start.json")
     parser.add_argument("--compile", choices=["regional", "precompiled"], help="instead of the profile's flux.compile")
+    parser.add_argument("--model", help="a diffusers folder on local disk to read the weights from (not random)")
     parser.add_argument(
         "--starts",
         nargs="+",
@@ -194,21 +208,22 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     if args.child:
-        result = start_replica_engine(args.child, args.rehearse, args.cache_dir, args.compile)
+        result = start_replica_engine(args.child, args.rehearse, args.cache_dir, args.compile, args.model)
         print("RESULT " + json.dumps(result), flush=True)
         return
 
     cache_dir = args.cache_dir or tempfile.mkdtemp(prefix="vortex-compile-cache-")
-    flux = profile_args(args.rehearse, args.compile)["flux"]
+    flux = profile_args(args.rehearse, args.compile, args.model)["flux"]
     card = "CPU rehearsal" if args.rehearse else card_name()
     results = []
     for mode in args.starts:
         print(f"--- {mode}", flush=True)
         if args.rehearse:  # a CPU compiles nothing, so no start is cold: one process runs them all, quickly
-            results.append(start_replica_engine(mode, args.rehearse, cache_dir, args.compile))
+            results.append(start_replica_engine(mode, args.rehearse, cache_dir, args.compile, args.model))
             continue
         command = [sys.executable, "-m", "benchmarks.replica_start", "--child", mode, "--cache-dir", cache_dir]
         command += ["--compile", args.compile] if args.compile else []
+        command += ["--model", args.model] if args.model else []
         child = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout_s, cwd=REPO)
         lines = [line for line in child.stdout.splitlines() if line.startswith("RESULT ")]
         if not lines:

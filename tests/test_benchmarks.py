@@ -60,6 +60,21 @@ def test_replica_start_rehearsal_warms_every_shape_so_requests_compile_nothing(c
         assert row["full_collections_s"]["freeze"] > 0
 
 
+def test_replica_start_rehearsal_reads_a_checkpoint_from_local_disk(capsys, tmp_path):
+    """`--model DIR`: both the replica and plain diffusers read the weights from a diffusers folder, as a replica with
+    its checkpoint on local disk does (the GPU run uses the full-size random one `random_models` saves)."""
+    from deployments.engines.random_models import tiny_flux_pipeline
+
+    folder = tmp_path / "checkpoint"
+    tiny_flux_pipeline(seed=3).save_pretrained(folder, safe_serialization=True)
+    options = ["--model", str(folder), "--starts", "diffusers", "warm"]
+    result = rehearse_in_process(capsys, tmp_path, "replica_start", *options)
+    assert result["flux"]["model"] == str(folder) and result["flux"]["random_weights"] is None
+    diffusers, warm = result["results"]
+    assert diffusers["transformer_parameters"] > 0 and diffusers["load_s"] > 0
+    assert warm["load_s"] > 0 and warm["compiled_on_requests"] == 0 and warm["captured_on_requests"] == 0
+
+
 def test_sizes_rehearsal_compares_each_size_with_diffusers_and_its_floor(capsys, tmp_path):
     result = rehearse_in_process(capsys, tmp_path, "sizes", "--iterations", "2")
     rows = result["rows"]
