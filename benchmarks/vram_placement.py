@@ -17,9 +17,9 @@ the policy logged, the served throughput with one generator and with two, and th
 autoscaler's scale-up decision (the controller's `Upscaling` line) to the new replica's first answer
 (its first `generate_stream` in its log), and each generator replica's start as Serve timed it (scheduled
 to ready). Last, it kills the generator's replica, as a crash would, and times Serve's replacement: a
-restarted replica on a card of its own, which reads the compile cache the first one left. If the application
-does not reach RUNNING, it prints each deployment's status and Serve's
-message (a replica's error) before failing. Writes JSON. The load is bounded in requests and time.
+restarted replica on a card of its own, which reads the compile cache the first one left. If the
+application does not reach RUNNING, it prints each deployment's status and Serve's message (a replica's
+error) before failing. Writes JSON. The load is bounded in requests and time.
 """
 
 import argparse
