@@ -102,7 +102,7 @@ def start_replica_engine(
             from diffusers import FluxPipeline
 
             device, dtype = ("cpu", torch.float32) if rehearse else ("cuda", torch.bfloat16)
-            pipe = FluxPipeline.from_pretrained(model, torch_dtype=dtype, local_files_only=True).to(device)
+            pipe = FluxPipeline.from_pretrained(model, dtype=dtype, local_files_only=True).to(device)
         else:
             pipe = tiny_flux_pipeline(seed=0) if rehearse else full_size_flux_pipeline(seed=0)
         if torch.cuda.is_available():
