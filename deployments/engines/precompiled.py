@@ -88,7 +88,7 @@ class RegionStore:
         function = self.functions.get(signature)
         if function is None:
             key = hashlib.sha256(repr(signature).encode()).hexdigest()[:32]
-            path = self.folder / region.digest[:16] / f"{type(region.template).__name__}-{key}.bin"
+            path = self._folder_of(region.digest) / f"{type(region.template).__name__}-{key}.bin"
             prefetched = self._prefetched.pop(path, None)
             function, seconds = prefetched.result() if prefetched is not None else self._load(path, region.template)
             if function is not None:
@@ -121,16 +121,23 @@ class RegionStore:
         thread runs the regions already loaded. Loading is Python work, so it gains where the caller waits for the
         GPU (its eager calls): the fp8 profile's warm-up took 8.9-9.6 s instead of 10.2-11.4 s (H200). On exit,
         files not yet asked for are no longer loaded."""
-        templates = {digest[:16]: template for template, digest in self.templates.values()}
-        saved = [path for key in templates for path in (self.folder / key).glob("*.bin")]
+        saved = [
+            (path, template)
+            for template, digest in self.templates.values()
+            for path in self._folder_of(digest).glob("*.bin")
+        ]
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="region-prefetch")
-        for path in sorted(saved, key=lambda path: path.stat().st_mtime):
-            self._prefetched[path] = executor.submit(self._load, path, templates[path.parent.name])
+        for path, template in sorted(saved, key=lambda saved_file: saved_file[0].stat().st_mtime):
+            self._prefetched[path] = executor.submit(self._load, path, template)
         try:
             yield
         finally:
             executor.shutdown(wait=True, cancel_futures=True)
             self._prefetched.clear()
+
+    def _folder_of(self, digest: str) -> Path:
+        """Where the files of the regions with this digest (one template, one set of versions) are kept."""
+        return self.folder / digest[:16]
 
     def _compile(self, path: Path, template: torch.nn.Module, weights: dict, args: tuple, kwargs: dict) -> Callable:
         with torch._dynamo.config.patch(enable_aot_compile=True):  # off by default before torch 2.12
