@@ -149,12 +149,17 @@ def nf4_components(config: FluxConfig, source: str, common: dict) -> dict[str, t
 
 
 def quantize_fp8(transformer: FluxTransformer2DModel, config: FluxConfig, device: torch.device) -> None:
-    """The transformer blocks' matmuls in float8 on `device`; QKV is fused first, as fp8 layers cannot be."""
-    from deployments.engines.fp8 import float8_transformer_blocks
+    """The transformer blocks' matmuls in float8 on `device`, one block at a time: a block moves to the device in
+    bf16, its QKV is fused there (fp8 layers cannot be; on a CPU, the fused layers' random initialisation, which
+    diffusers then overwrites, is seconds of a load), then its linear layers are quantized. A transformer loaded on
+    the CPU never sits on the device in bf16."""
+    from deployments.engines.fp8 import float8_linears
 
-    if config.fuse_qkv:
-        fuse_qkv_projections(transformer)
-    float8_transformer_blocks(transformer, device)
+    for block in (*transformer.transformer_blocks, *transformer.single_transformer_blocks):
+        block.to(device)
+        if config.fuse_qkv:
+            fuse_qkv_projections(block)
+        float8_linears(block, device)
 
 
 def tile_vae_decoder(vae: AutoencoderKL, tile_size: int) -> None:

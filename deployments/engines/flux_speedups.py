@@ -8,7 +8,8 @@ images). fp8 is applied while loading (`flux_loading.quantize_fp8`), since it re
 from pathlib import Path
 
 import torch
-from diffusers import FluxPipeline, FluxTransformer2DModel
+from diffusers import FluxPipeline
+from diffusers.models.attention import AttentionModuleMixin
 
 from deployments.config import FluxConfig
 from deployments.engines.cuda_graphs import CudaGraphRunner
@@ -58,15 +59,18 @@ def regions_folder(config: FluxConfig) -> Path:
     return Path(config.compile_cache_dir or cache_dir()) / "vortex-regions"
 
 
-def fuse_qkv_projections(transformer: FluxTransformer2DModel) -> None:
-    """One GEMM for Q, K and V (and for the text stream's Q, K, V) in every attention layer.
+def fuse_qkv_projections(module: torch.nn.Module) -> None:
+    """One GEMM for Q, K and V (and for the text stream's Q, K, V) in every attention layer of `module`: the
+    transformer, or one of its blocks (diffusers' own `fuse_qkv_projections` takes the whole model).
 
-    diffusers keeps the unfused layers beside the fused ones (4 GiB in bf16); they are dropped here,
-    so the transformer cannot be unfused afterwards.
+    diffusers keeps the unfused layers beside the fused ones (4 GiB in bf16 for the transformer); they are dropped
+    here, so the layers cannot be unfused afterwards.
     """
-    transformer.fuse_qkv_projections()
-    for module in transformer.modules():
-        if getattr(module, "fused_projections", False):
+    for attention in module.modules():
+        if isinstance(attention, AttentionModuleMixin):
+            attention.fuse_projections()  # a no-op for attention layers that do not fuse
+    for layer in module.modules():
+        if getattr(layer, "fused_projections", False):
             for name in ("to_q", "to_k", "to_v", "add_q_proj", "add_k_proj", "add_v_proj"):
-                if getattr(module, name, None) is not None:
-                    delattr(module, name)
+                if getattr(layer, name, None) is not None:
+                    delattr(layer, name)

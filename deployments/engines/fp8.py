@@ -46,16 +46,13 @@ class Float8Linear(nn.Module):
         return y.reshape(*x.shape[:-1], self.out_features)
 
 
-def float8_transformer_blocks(transformer: nn.Module, device: torch.device) -> None:
-    """Swap the linear layers of the transformer's blocks for `Float8Linear` on `device`, in place.
-    One layer at a time, so a transformer loaded on the CPU never sits on the
-    device in bf16. The embedders and the output projection stay in bf16: small, at the model's ends.
-    """
-    for blocks in (transformer.transformer_blocks, transformer.single_transformer_blocks):
-        for name, module in list(blocks.named_modules()):
-            if not isinstance(module, nn.Linear) or name.endswith(KEPT_IN_BF16):
-                continue
-            if module.in_features % 16 or module.out_features % 16:  # _scaled_mm's shape rule
-                continue
-            parent_name, _, child = name.rpartition(".")
-            setattr(blocks.get_submodule(parent_name), child, Float8Linear(module, device))
+def float8_linears(block: nn.Module, device: torch.device) -> None:
+    """Swap the linear layers of one transformer block for `Float8Linear` on `device`, in place. The transformer's
+    embedders and output projection, outside its blocks, stay in bf16: small, at the model's ends."""
+    for name, module in list(block.named_modules()):
+        if not isinstance(module, nn.Linear) or name.endswith(KEPT_IN_BF16):
+            continue
+        if module.in_features % 16 or module.out_features % 16:  # _scaled_mm's shape rule
+            continue
+        parent_name, _, child = name.rpartition(".")
+        setattr(block.get_submodule(parent_name), child, Float8Linear(module, device))
