@@ -119,17 +119,8 @@ def start_replica_engine(
 
     config = args.flux if rehearse else FluxConfig(**{**args.flux.model_dump(), "compile_cache_dir": cache_dir})
     collections = FullCollections()
-    start = time.perf_counter()
-    engine = FluxEngine.load(config, warmup_sizes=(), warmup_batch_sizes=())  # the load alone
-    load_s = time.perf_counter() - start
-    collections_in_load_s = collections.take()
-    warmup_per_shape_s = {}
-    for width, height in sizes:  # as engine.warm_up(sizes, batches), one shape at a time to see where time goes
-        for batch in batches:
-            start = time.perf_counter()
-            engine.warm_up([(width, height)], [batch])
-            warmup_per_shape_s[f"{width}x{height} b{batch}"] = time.perf_counter() - start
-    collections_in_warmup_s = collections.take()
+    engine = FluxEngine.load(config, warmup_sizes=sizes, warmup_batch_sizes=batches)  # as FluxGenerator loads it
+    collections_in_start_s = collections.take()
     freeze_startup_heap()  # as FluxGenerator does once its engine is ready
     freeze_s = collections.take()
     ready_s = time.perf_counter() - PROCESS_START
@@ -140,12 +131,12 @@ def start_replica_engine(
         "mode": mode,
         "shapes": len(sizes) * len(batches),
         "imports_s": imported_s,
-        "load_s": load_s,
-        "warmup_s": sum(warmup_per_shape_s.values()),
+        "load_s": engine.startup_s["load"],
+        "warmup_s": engine.startup_s.get("warm-up", 0.0),  # none without compile or CUDA graphs
         "ready_s": ready_s,
-        "warmup_per_shape_s": warmup_per_shape_s,
         # Where the warm-up went: Dynamo's own phases (tracing, and the backend: Inductor or its cache), and the
-        # CUDA graph captures (each with the eager call before it, which is where a new shape compiles).
+        # CUDA graph captures (each with the eager call before it, which is where a new shape compiles; CPU time:
+        # the GPU runs behind).
         "dynamo_s": torch._dynamo.utils.calculate_time_spent(),
         "capture_s": {
             name: runner.capture_s
@@ -154,12 +145,13 @@ def start_replica_engine(
         },
         # Full garbage collections (each walks every object not frozen, holding the GIL) after the imports (which
         # run without), and the one collection before the startup heap is frozen.
-        "full_collections_s": {"load": collections_in_load_s, "warm-up": collections_in_warmup_s, "freeze": freeze_s},
+        "full_collections_s": {"load and warm-up": collections_in_start_s, "freeze": freeze_s},
         "precompiled_regions": None
         if regions is None
         else {"loaded": regions.loaded, "compiled": regions.compiled, "s": regions.seconds},
         "allocated_gib": torch.cuda.memory_allocated() / GIB if cuda else 0.0,
         "reserved_gib": torch.cuda.memory_reserved() / GIB if cuda else 0.0,
+        "peak_reserved_gib": torch.cuda.max_memory_reserved() / GIB if cuda else 0.0,  # while loading and warming up
     }
 
     def compiled_and_captured() -> tuple[int, int]:
@@ -261,8 +253,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{row['mode']} warm-up, precompiled regions: {row['precompiled_regions']}")
         collections = {name: round(seconds, 2) for name, seconds in row["full_collections_s"].items()}
         print(f"{row['mode']} start, full garbage collections (s): {collections}")
-        slowest_shapes = sorted(row["warmup_per_shape_s"].items(), key=lambda item: -item[1])[:5]
-        print(f"{row['mode']} warm-up, slowest shapes: " + ", ".join(f"{k} {v:.1f} s" for k, v in slowest_shapes))
+        print(f"{row['mode']} start, peak reserved while loading and warming up: {row['peak_reserved_gib']:.2f} GiB")
     for row in results:
         if row["mode"] == "warm":
             print(f"warm start: {row['ready_s']:.1f} s from process start to serving (target: 20 s)")

@@ -77,6 +77,7 @@ class FluxEngine:
         self.prompt_cache = PromptCache(config.prompt_cache_size)
         self._previewer: LatentPreviewer | None = None  # fitted on the first call that asks for previews
         self.regions = regions  # with `compile: precompiled`
+        self.startup_s: dict[str, float] = {}  # "load" and "warm-up", as `load` logs them (for benchmarks)
 
     @classmethod
     def load(
@@ -100,6 +101,7 @@ class FluxEngine:
             pipe = None  # leave the handler so the failed load's tensors can be freed
         if pipe is None:
             raise out_of_memory("model load", device, OUT_OF_MEMORY_ADVICE)
+        load_s = time.perf_counter() - start
         vram = f", {torch.cuda.memory_allocated(device) / GIB:.2f} GiB VRAM allocated" if device.type == "cuda" else ""
         logger.info(
             "Loaded Flux (%s, %s%s%s) on %s in %.1f s%s",
@@ -108,23 +110,25 @@ class FluxEngine:
             ", T5 nf4" if config.t5_nf4 else "",
             ", CPU offload" if config.cpu_offload else "",
             device,
-            time.perf_counter() - start,
+            load_s,
             vram,
         )
         engine = cls(pipe, config, device, regions)
+        engine.startup_s["load"] = load_s
         if config.compile != "none" or config.cuda_graphs:
             side = min(max(512, config.min_side), config.max_side)
             sizes = list(warmup_sizes or [(side, side)])
             start = time.perf_counter()
             with regions.prefetching() if regions is not None else contextlib.nullcontext():
                 engine.warm_up(sizes, warmup_batch_sizes)
+            engine.startup_s["warm-up"] = time.perf_counter() - start
             logger.info(
                 "Warmed up Flux (compile %s, CUDA graphs for up to %d shapes) for sizes %s at batch sizes %s in %.1f s",
                 config.compile,
                 config.cuda_graphs,
                 [f"{width}x{height}" for width, height in sizes],
                 list(warmup_batch_sizes),
-                time.perf_counter() - start,
+                engine.startup_s["warm-up"],
             )
             if regions is not None:
                 logger.info(
@@ -144,12 +148,16 @@ class FluxEngine:
 
     def warm_up(self, sizes: Sequence[tuple[int, int]], batch_sizes: Sequence[int]) -> None:
         """Compile and capture now, not on a user's request: one single-step generation per (width, height) and
-        batch size. The shapes of a call do not depend on its number of steps."""
+        batch size. The shapes of a call do not depend on its number of steps. A decoder that slices decodes one
+        image at a time, so each size's first call covers it and the others stop at the latents."""
         for width, height in sizes:
-            for batch in batch_sizes:
+            for index, batch in enumerate(batch_sizes):
                 prompts = [f"warm-up image {i} of {batch}" for i in range(batch)]
-                self.generate(prompts, seeds=list(range(batch)), width=width, height=height, steps=1)
+                decode = index == 0 or not self.pipe.vae.use_slicing
+                self.generate(prompts, seeds=list(range(batch)), width=width, height=height, steps=1, decode=decode)
         self.prompt_cache.clear()
+        if self.device.type == "cuda":  # the GPU runs behind the CPU (captures do not wait for it): done means done
+            torch.cuda.synchronize(self.device)
 
     @torch.inference_mode()
     def generate(
@@ -166,6 +174,7 @@ class FluxEngine:
         on_step: Callable[[int, int], None] | None = None,
         preview_steps: Collection[int] = (),
         on_preview: Callable[[int, np.ndarray], None] | None = None,
+        decode: bool = True,
     ) -> torch.Tensor:
         """One image per seed, as floats in [0, 1] shaped [len(seeds), 3, height, width].
 
@@ -174,7 +183,8 @@ class FluxEngine:
         With `out` ([N, 3, H, W], or [3, H, W] for one seed) the images are written into it and it
         is returned. `on_step(step, steps)` is called after each denoising step (1-based), and after each of
         `preview_steps`, `on_preview(step, previews)` with uint8 [N, height / 8, width / 8, 3] previews of the
-        images (`previews.py`); without preview steps nothing is computed for them.
+        images (`previews.py`); without preview steps nothing is computed for them. With `decode=False` it stops
+        before the VAE and returns the denoised latents, packed as the transformer gives them (the warm-up's use).
         Raises `ValueError` naming the parameter for bad input, `OutOfGpuMemoryError` when CUDA runs out.
         """
         # 1. Check the input.
@@ -221,7 +231,7 @@ class FluxEngine:
                     num_inference_steps=steps,
                     guidance_scale=guidance,
                     max_sequence_length=self.config.max_sequence_length,
-                    output_type="pt",
+                    output_type="pt" if decode else "latent",
                     **true_cfg,
                     **progress,
                 ).images
