@@ -118,9 +118,9 @@ class RegionStore:
     def prefetching(self) -> Iterator[None]:
         """Within: the saved regions of the installed templates load on a background thread, oldest first (the
         order the cold start compiled them, which is the order the warm-up asks for them), while the caller's
-        thread runs the regions already loaded. Loading is Python work, so it gains where the caller waits for the
-        GPU (its eager calls): the fp8 profile's warm-up took 8.9-9.6 s instead of 10.2-11.4 s (H200). On exit,
-        files not yet asked for are no longer loaded."""
+        thread runs the regions already loaded. Loading is Python work, so it can only gain where the caller waits
+        (for the GPU, or in C++ without the GIL); what it gains in the fp8 profile's 9.4-10.5 s warm-up is not yet
+        measured (docs/performance.md). On exit, files not yet asked for are no longer loaded."""
         saved = [
             (path, template)
             for template, digest in self.templates.values()
