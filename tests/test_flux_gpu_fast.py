@@ -71,9 +71,15 @@ def test_no_request_compiles_or_captures_after_warm_up(reference_and_fast_engine
     sizes, batches = [(SIDE, SIDE), (768, SIDE)], (1, 2)
     config = FluxConfig(random_weights="full", precision="fp8", device="cuda", **{**FAST, "cuda_graphs": 4})
     fp8 = FluxEngine.load(config, warmup_sizes=sizes, warmup_batch_sizes=batches)
-    runners = {"transformer": fp8.pipe.transformer.forward, "VAE": fp8.pipe.vae._decode}
+    runners = {
+        "transformer": fp8.pipe.transformer.forward,
+        "VAE": fp8.pipe.vae._decode,
+        "CLIP": fp8.pipe.text_encoder.forward,
+        "T5": fp8.pipe.text_encoder_2.forward,
+    }
     captured = {name: len(runner) for name, runner in runners.items()}
-    assert captured == {"transformer": 4, "VAE": 2}  # each size at each batch size; images decode one at a time
+    # Each size at each batch size; images decode one at a time, prompts encode one at a time.
+    assert captured == {"transformer": 4, "VAE": 2, "CLIP": 1, "T5": 1}
     compiled = torch._dynamo.utils.counters["stats"]["unique_graphs"]
     for width, height in sizes:
         for batch in batches:
