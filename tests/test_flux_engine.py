@@ -176,7 +176,8 @@ def test_precompiled_regions_compile_once_and_a_restarted_replica_loads_them(tmp
     """`compile: precompiled` saves each compiled region whole: one file serves every block of a class (weights are
     its inputs), also when a block gets slices of a tensor as FLUX's later single blocks do; a block whose weights
     are laid out otherwise gets its own; a new store on the same folder, as a restarted replica has, loads them
-    (prefetched on a background thread during the warm-up) instead of compiling."""
+    (prefetched on a background thread from when each block is installed, as an engine installs its fp8 blocks while
+    it loads) instead of compiling."""
     block = tiny_flux_pipeline().transformer.single_transformer_blocks[0].eval()
     other = copy.deepcopy(block)
     with torch.no_grad():
@@ -200,10 +201,14 @@ def test_precompiled_regions_compile_once_and_a_restarted_replica_loads_them(tmp
 
     for blocks, compiled, loaded in (([block, other, transposed], 2, 0), (restarted_blocks, 0, 2)):
         store = RegionStore(tmp_path)
-        for b in blocks:
-            store.install(b)
-        with store.prefetching(), torch.inference_mode():  # as the warm-up runs: saved regions load on a thread
-            outputs = [blocks[0](**inputs), blocks[1](**sliced), blocks[2](**inputs)]
+        with store.prefetching():  # as an engine loads and warms up: saved regions load on a thread
+            for b in blocks:
+                store.install(b)
+            installed = blocks[0].forward
+            store.install(blocks[0])  # met again by the speed setup: left as it is
+            assert blocks[0].forward is installed
+            with torch.inference_mode():
+                outputs = [blocks[0](**inputs), blocks[1](**sliced), blocks[2](**inputs)]
         assert (store.compiled, store.loaded) == (compiled, loaded)
         torch.testing.assert_close(outputs, expected, atol=1e-5, rtol=1e-5)
     assert len(list(tmp_path.iterdir())) == 2

@@ -21,7 +21,7 @@ from deployments.config import FluxConfig
 from deployments.engines.common import check_device, out_of_memory, resolve_device
 from deployments.engines.cuda_graphs import CudaGraphRunner
 from deployments.engines.flux_loading import load_flux_pipeline
-from deployments.engines.flux_speedups import optimize_pipeline
+from deployments.engines.flux_speedups import optimize_pipeline, region_store
 from deployments.engines.precompiled import RegionStore
 from deployments.engines.previews import LatentPreviewer
 from deployments.vram import GIB
@@ -94,52 +94,57 @@ class FluxEngine:
             os.environ["TORCHINDUCTOR_CACHE_DIR"] = config.compile_cache_dir
         if config.cublas_workspace_mib:  # read once, at the process's first cuBLAS call
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", f":{config.cublas_workspace_mib * 1024}:1")
-        start = time.perf_counter()
-        try:
-            pipe = load_flux_pipeline(config, device)
-            regions = optimize_pipeline(pipe, config)
-        except torch.cuda.OutOfMemoryError:
-            pipe = None  # leave the handler so the failed load's tensors can be freed
-        if pipe is None:
-            raise out_of_memory("model load", device, OUT_OF_MEMORY_ADVICE)
-        load_s = time.perf_counter() - start
-        vram = f", {torch.cuda.memory_allocated(device) / GIB:.2f} GiB VRAM allocated" if device.type == "cuda" else ""
-        logger.info(
-            "Loaded Flux (%s, %s%s%s) on %s in %.1f s%s",
-            config.random_weights or config.model,
-            config.precision,
-            ", T5 nf4" if config.t5_nf4 else "",
-            ", CPU offload" if config.cpu_offload else "",
-            device,
-            load_s,
-            vram,
-        )
-        engine = cls(pipe, config, device, regions)
-        engine.startup_s["load"] = load_s
-        if config.compile != "none" or config.cuda_graphs:
-            side = min(max(512, config.min_side), config.max_side)
-            sizes = list(warmup_sizes or [(side, side)])
+        regions = region_store(config)  # with `compile: precompiled`
+        # Saved regions load on a thread from when their blocks are installed (fp8: as they load) to the warm-up's end.
+        with regions.prefetching() if regions is not None else contextlib.nullcontext():
             start = time.perf_counter()
-            with regions.prefetching() if regions is not None else contextlib.nullcontext():
-                engine.warm_up(sizes, warmup_batch_sizes)
-            engine.startup_s["warm-up"] = time.perf_counter() - start
-            logger.info(
-                "Warmed up Flux (compile %s, CUDA graphs for up to %d shapes) for sizes %s at batch sizes %s in %.1f s",
-                config.compile,
-                config.cuda_graphs,
-                [f"{width}x{height}" for width, height in sizes],
-                list(warmup_batch_sizes),
-                engine.startup_s["warm-up"],
+            try:
+                pipe = load_flux_pipeline(config, device, regions)
+                optimize_pipeline(pipe, config, regions)
+            except torch.cuda.OutOfMemoryError:
+                pipe = None  # leave the handler so the failed load's tensors can be freed
+            if pipe is None:
+                raise out_of_memory("model load", device, OUT_OF_MEMORY_ADVICE)
+            load_s = time.perf_counter() - start
+            vram = (
+                f", {torch.cuda.memory_allocated(device) / GIB:.2f} GiB VRAM allocated" if device.type == "cuda" else ""
             )
-            if regions is not None:
+            logger.info(
+                "Loaded Flux (%s, %s%s%s) on %s in %.1f s%s",
+                config.random_weights or config.model,
+                config.precision,
+                ", T5 nf4" if config.t5_nf4 else "",
+                ", CPU offload" if config.cpu_offload else "",
+                device,
+                load_s,
+                vram,
+            )
+            engine = cls(pipe, config, device, regions)
+            engine.startup_s["load"] = load_s
+            if config.compile != "none" or config.cuda_graphs:
+                side = min(max(512, config.min_side), config.max_side)
+                sizes = list(warmup_sizes or [(side, side)])
+                start = time.perf_counter()
+                engine.warm_up(sizes, warmup_batch_sizes)
+                engine.startup_s["warm-up"] = time.perf_counter() - start
                 logger.info(
-                    "Precompiled regions in %s: %d loaded, %d compiled and saved; %.1f s of loading (on a thread "
-                    "beside the warm-up) and compiling",
-                    regions.folder,
-                    regions.loaded,
-                    regions.compiled,
-                    regions.seconds,
+                    "Warmed up Flux (compile %s, CUDA graphs for up to %d shapes) for sizes %s at batch sizes %s in "
+                    "%.1f s",
+                    config.compile,
+                    config.cuda_graphs,
+                    [f"{width}x{height}" for width, height in sizes],
+                    list(warmup_batch_sizes),
+                    engine.startup_s["warm-up"],
                 )
+        if regions is not None:
+            logger.info(
+                "Precompiled regions in %s: %d loaded, %d compiled and saved; %.1f s of loading (on a thread beside "
+                "the load and the warm-up) and compiling",
+                regions.folder,
+                regions.loaded,
+                regions.compiled,
+                regions.seconds,
+            )
         if device.type == "cuda":  # hand back what loading and warm-up cached: other replicas may share the card
             torch.cuda.empty_cache()
         return engine

@@ -16,12 +16,14 @@ from diffusers.hooks import apply_group_offloading
 from deployments.config import FluxConfig
 from deployments.engines.common import TORCH_DTYPES, ModelFilesMissingError
 from deployments.engines.flux_speedups import fuse_qkv_projections
+from deployments.engines.precompiled import RegionStore
 
 COMPUTE_DTYPES = {**TORCH_DTYPES, "nf4": torch.bfloat16, "fp8": torch.bfloat16}  # per `precision`
 
 
-def load_flux_pipeline(config: FluxConfig, device: torch.device) -> FluxPipeline:
-    """Build or load the pipeline described by `config`, placed on `device` (or offloaded to it)."""
+def load_flux_pipeline(config: FluxConfig, device: torch.device, regions: RegionStore | None = None) -> FluxPipeline:
+    """Build or load the pipeline described by `config`, placed on `device` (or offloaded to it). With `regions`
+    (`compile: precompiled`), fp8 blocks are installed in the store as they arrive on the device."""
     dtype = COMPUTE_DTYPES[config.precision]
     if config.precision == "fp8" and device.type == "cuda" and torch.cuda.get_device_capability(device) < (8, 9):
         raise ValueError(
@@ -50,8 +52,8 @@ def load_flux_pipeline(config: FluxConfig, device: torch.device) -> FluxPipeline
         pipe.set_progress_bar_config(disable=True)
 
     # 3. Storage precision.
-    if config.precision == "fp8":  # quantized layer by layer onto the device: bf16 never fills it
-        quantize_fp8(pipe.transformer, config, device)
+    if config.precision == "fp8":  # quantized block by block onto the device: bf16 never fills it
+        quantize_fp8(pipe.transformer, config, device, regions)
 
     # 4. Placement (random weights are built on the device; the config refuses offloading them), and how much of
     # an image the VAE decoder takes at once.
@@ -148,11 +150,14 @@ def nf4_components(config: FluxConfig, source: str, common: dict) -> dict[str, t
     return components
 
 
-def quantize_fp8(transformer: FluxTransformer2DModel, config: FluxConfig, device: torch.device) -> None:
+def quantize_fp8(
+    transformer: FluxTransformer2DModel, config: FluxConfig, device: torch.device, regions: RegionStore | None
+) -> None:
     """The transformer blocks' matmuls in float8 on `device`, one block at a time: a block moves to the device in
     bf16, its QKV is fused there (fp8 layers cannot be; on a CPU, the fused layers' random initialisation, which
     diffusers then overwrites, is seconds of a load), then its linear layers are quantized. A transformer loaded on
-    the CPU never sits on the device in bf16."""
+    the CPU never sits on the device in bf16. Each block done is installed in `regions`, if given: its saved
+    compiled regions load on the store's thread while the next blocks copy."""
     from deployments.engines.fp8 import float8_linears
 
     for block in (*transformer.transformer_blocks, *transformer.single_transformer_blocks):
@@ -160,6 +165,8 @@ def quantize_fp8(transformer: FluxTransformer2DModel, config: FluxConfig, device
         if config.fuse_qkv:
             fuse_qkv_projections(block)
         float8_linears(block, device)
+        if regions is not None:
+            regions.install(block)
 
 
 def tile_vae_decoder(vae: AutoencoderKL, tile_size: int) -> None:

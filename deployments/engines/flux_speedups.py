@@ -16,26 +16,32 @@ from deployments.engines.cuda_graphs import CudaGraphRunner
 from deployments.engines.precompiled import RegionStore
 
 
-def optimize_pipeline(pipe: FluxPipeline, config: FluxConfig) -> RegionStore | None:
-    """Apply the speed options of `config` to a loaded pipeline, in place, in the order they compose.
-    Returns the store of precompiled regions, with `compile: precompiled`."""
+def region_store(config: FluxConfig) -> RegionStore | None:
+    """With `compile: precompiled`, the store of compiled regions; made before the weights load, so that fp8
+    blocks can be installed in it as they arrive on the device (`flux_loading.quantize_fp8`)."""
+    return RegionStore(regions_folder(config)) if config.compile == "precompiled" else None
+
+
+def optimize_pipeline(pipe: FluxPipeline, config: FluxConfig, regions: RegionStore | None = None) -> None:
+    """Apply the speed options of `config` to a loaded pipeline, in place, in the order they compose. With
+    `compile: precompiled`, `regions` is the engine's `region_store`."""
     if config.fuse_qkv and config.precision != "fp8":  # fp8 fused before quantizing, at load
         fuse_qkv_projections(pipe.transformer)
-    store = None
     if config.compile != "none":
         # The decoder is one region, compiled per image size: images are decoded one at a time (once compiled,
         # as fast as a whole batch on an H100), so a new batch size does not compile it again. Tiles come in
         # several shapes per size (the last row and column are narrower): one dynamic-shape compile serves them.
         pipe.vae.enable_slicing()
         if config.compile == "precompiled":
-            store = RegionStore(regions_folder(config))
+            if regions is None:
+                raise ValueError("compile: precompiled needs the engine's region store (region_store(config))")
             for block in pipe.transformer.modules():
                 if type(block).__name__ in pipe.transformer._repeated_blocks:  # what compile_repeated_blocks compiles
-                    store.install(block)
+                    regions.install(block)
         else:
             pipe.transformer.compile_repeated_blocks(fullgraph=True)
-        if store is not None and not config.vae_tile_size:  # tiles need a dynamic-shape compile, not saved
-            store.install(pipe.vae.decoder)
+        if config.compile == "precompiled" and not config.vae_tile_size:  # tiles need a dynamic-shape compile
+            regions.install(pipe.vae.decoder)
         else:
             pipe.vae.decoder.compile(fullgraph=True, dynamic=bool(config.vae_tile_size))
     if config.cuda_graphs:
@@ -47,7 +53,6 @@ def optimize_pipeline(pipe: FluxPipeline, config: FluxConfig) -> RegionStore | N
         # size serves every batch size, where graphing `decode` took one per size and batch size (at the fp8
         # profile's start, 15 more captures, each after an eager decode of the whole batch).
         pipe.vae._decode = CudaGraphRunner(pipe.vae._decode, config.cuda_graphs)
-    return store
 
 
 def regions_folder(config: FluxConfig) -> Path:

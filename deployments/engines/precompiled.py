@@ -62,15 +62,23 @@ class RegionStore:
         self.loaded = 0
         self.compiled = 0
         self.seconds = 0.0  # spent loading (on the prefetch thread too) and compiling
+        self._prefetcher: ThreadPoolExecutor | None = None  # within `prefetching`
         self._prefetched: dict[Path, Future] = {}
 
     def install(self, module: torch.nn.Module) -> None:
         """From now on `module` runs through the store. Blocks share a template when their structure and their
-        weights' shapes, dtypes and layouts agree (a block whose weights were left unquantized gets its own)."""
+        weights' shapes, dtypes and layouts agree (a block whose weights were left unquantized gets its own).
+        Within `prefetching`, a new template's saved regions start loading at once. A module installed already is
+        left as it is (fp8 blocks are installed as they load, and met again by the speed setup)."""
+        if isinstance(module.forward, PrecompiledRegion):
+            return
         kind = (repr(module), weight_facts(module))
         if kind not in self.templates:
             template = empty_copy(module)
-            self.templates[kind] = (template, self._digest(template, module))
+            digest = self._digest(template, module)
+            self.templates[kind] = (template, digest)
+            if self._prefetcher is not None:
+                self._prefetch(template, digest)
         module.forward = PrecompiledRegion(module, self, *self.templates[kind])
 
     def compiled_function(self, region: "PrecompiledRegion", weights: dict, args: tuple, kwargs: dict) -> Callable:
@@ -116,24 +124,26 @@ class RegionStore:
 
     @contextmanager
     def prefetching(self) -> Iterator[None]:
-        """Within: the saved regions of the installed templates load on a background thread, oldest first (the
-        order the cold start compiled them, which is the order the warm-up asks for them), while the caller's
-        thread runs the regions already loaded. Loading is Python work, so it can only gain where the caller waits
-        (for the GPU, or in C++ without the GIL); what it gains in the fp8 profile's 9.4-10.5 s warm-up is not yet
-        measured (docs/performance.md). On exit, files not yet asked for are no longer loaded."""
-        saved = [
-            (path, template)
-            for template, digest in self.templates.values()
-            for path in self._folder_of(digest).glob("*.bin")
-        ]
-        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="region-prefetch")
-        for path, template in sorted(saved, key=lambda saved_file: saved_file[0].stat().st_mtime):
-            self._prefetched[path] = executor.submit(self._load, path, template)
+        """Within: each template's saved regions load on a background thread, from when it is installed (or from
+        the start, for templates installed before), oldest first (the order the cold start compiled them, which is
+        the order the warm-up asks for them), while the caller's thread goes on: copying the next blocks' weights
+        to the GPU, which leaves the GIL free, and running the regions already loaded. Loading is Python work, so
+        it gains only where the caller waits; not yet measured on a GPU (docs/performance.md). On exit, files not
+        yet asked for are no longer loaded."""
+        self._prefetcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="region-prefetch")
+        for template, digest in self.templates.values():
+            self._prefetch(template, digest)
         try:
             yield
         finally:
-            executor.shutdown(wait=True, cancel_futures=True)
+            self._prefetcher.shutdown(wait=True, cancel_futures=True)
+            self._prefetcher = None
             self._prefetched.clear()
+
+    def _prefetch(self, template: torch.nn.Module, digest: str) -> None:
+        """Queue one template's saved regions on the prefetch thread, oldest first."""
+        for path in sorted(self._folder_of(digest).glob("*.bin"), key=lambda path: path.stat().st_mtime):
+            self._prefetched[path] = self._prefetcher.submit(self._load, path, template)
 
     def _folder_of(self, digest: str) -> Path:
         """Where the files of the regions with this digest (one template, one set of versions) are kept."""
