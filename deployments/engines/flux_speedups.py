@@ -71,10 +71,9 @@ def fuse_qkv_projections(module: torch.nn.Module) -> None:
     diffusers keeps the unfused layers beside the fused ones (4 GiB in bf16 for the transformer); they are dropped
     here, so the layers cannot be unfused afterwards.
     """
-    for attention in module.modules():
-        if isinstance(attention, AttentionModuleMixin):
-            attention.fuse_projections()  # a no-op for attention layers that do not fuse
-    for layer in module.modules():
+    for layer in list(module.modules()):  # listed first: fusing adds layers
+        if isinstance(layer, AttentionModuleMixin):
+            layer.fuse_projections()  # a no-op for attention layers that do not fuse
         if getattr(layer, "fused_projections", False):
             for name in ("to_q", "to_k", "to_v", "add_q_proj", "add_k_proj", "add_v_proj"):
                 if getattr(layer, name, None) is not None:
