@@ -81,20 +81,25 @@ def start_replica_engine(
     mode: str, rehearse: bool, cache_dir: str, compile_mode: str | None, model: str | None = None
 ) -> dict:
     """In this (fresh) process: what `FluxGenerator.__init__` does, timed; then every shape once."""
+    from deployments.config import AppArgs, FluxConfig
     from deployments.engines.heap import freeze_startup_heap, imports_without_collections
 
-    # As a replica, with the garbage collector paused; plain diffusers as its users run it.
+    args = AppArgs.model_validate(profile_args(rehearse, compile_mode, model))
+    config = args.flux if rehearse else FluxConfig(**{**args.flux.model_dump(), "compile_cache_dir": cache_dir})
+    # As a replica, with the garbage collector paused, an fp8 engine's block weights read during the imports; plain
+    # diffusers as its users run it.
     with imports_without_collections() if mode != "diffusers" else contextlib.nullcontext():
         import torch
 
-        from deployments.config import AppArgs, FluxConfig
+        from deployments.engines.preload import start_reading
+
+        block_weights = start_reading(config) if mode != "diffusers" else None
         from deployments.engines.cuda_graphs import CudaGraphRunner
         from deployments.engines.flux import FluxEngine
         from deployments.engines.random_models import full_size_flux_pipeline, tiny_flux_pipeline
         from deployments.vram import GIB
 
     imported_s = time.perf_counter() - PROCESS_START
-    args = AppArgs.model_validate(profile_args(rehearse, compile_mode, model))
     batches = range(1, args.batching.generator.max_batch_size + 1)
     sizes = args.limits.shapes()
     if mode == "diffusers":
@@ -117,9 +122,10 @@ def start_replica_engine(
             "transformer_parameters": parameters,
         }
 
-    config = args.flux if rehearse else FluxConfig(**{**args.flux.model_dump(), "compile_cache_dir": cache_dir})
     collections = FullCollections()
-    engine = FluxEngine.load(config, warmup_sizes=sizes, warmup_batch_sizes=batches)  # as FluxGenerator loads it
+    engine = FluxEngine.load(  # as FluxGenerator loads it
+        config, warmup_sizes=sizes, warmup_batch_sizes=batches, block_weights=block_weights
+    )
     collections_in_start_s = collections.take()
     freeze_startup_heap()  # as FluxGenerator does once its engine is ready
     freeze_s = collections.take()

@@ -54,6 +54,10 @@ class FluxGenerator(BatchingReplica):
 
         start = time.perf_counter()
         with imports_without_collections():
+            from deployments.engines.preload import start_reading  # torch and safetensors
+
+            # An fp8 engine's block weights go to the GPU while diffusers and transformers import.
+            block_weights = start_reading(config)
             from deployments.engines.flux import FluxEngine
         logger.info("Imported the engine (torch, diffusers, transformers) in %.1f s", time.perf_counter() - start)
 
@@ -61,7 +65,10 @@ class FluxGenerator(BatchingReplica):
         self.batching = batching
         # Compile and capture every (width, height) the service offers at every number of images a batch can hold.
         self.engine = FluxEngine.load(
-            config, warmup_sizes=sizes, warmup_batch_sizes=range(1, batching.max_batch_size + 1)
+            config,
+            warmup_sizes=sizes,
+            warmup_batch_sizes=range(1, batching.max_batch_size + 1),
+            block_weights=block_weights,
         )
         freeze_startup_heap()
         self.waiting: asyncio.Queue[_Waiting] = asyncio.Queue()

@@ -15,6 +15,7 @@ from deployments.engines.common import ModelFilesMissingError
 from deployments.engines.flux import FluxEngine, to_uint8_pixels
 from deployments.engines.flux_loading import HostEmbedding
 from deployments.engines.precompiled import RegionStore
+from deployments.engines.preload import start_reading
 from deployments.engines.random_models import clip_bpe_tokenizer, t5_standin_tokenizer, tiny_flux_pipeline
 
 TINY = {"random_weights": "tiny", "precision": "fp32", "device": "cpu", "min_side": 64}
@@ -170,6 +171,26 @@ def test_fp8_engine_keeps_block_matmuls_in_float8_and_draws_nearly_the_same_imag
     reference = bf16.generate("a red fox", seeds=[5], width=64, height=64)
     image = fp8.generate("a red fox", seeds=[5], width=64, height=64)
     assert (image - reference).abs().mean() < 0.01 < (reference - reference.mean()).abs().mean()
+
+
+def test_fp8_block_weights_read_while_diffusers_imports_give_the_same_engine(tmp_path):
+    """An fp8 replica whose checkpoint is on local disk starts reading and quantizing its block weights before it
+    imports diffusers (`preload.start_reading`), then builds each block from them: the same fp8 weights to the bit
+    (fused QKV included) and the same image as the load that copies and quantizes each block itself."""
+    folder = tmp_path / "checkpoint"
+    tiny_flux_pipeline(seed=3).save_pretrained(folder, safe_serialization=True)
+    config = FluxConfig(model=str(folder), offline=True, precision="fp8", fuse_qkv=True, device="cpu", min_side=64)
+    block_weights = start_reading(config)
+    assert block_weights is not None
+    read_ahead = FluxEngine.load(config, block_weights=block_weights)
+    copied = FluxEngine.load(config)
+    ours, theirs = read_ahead.pipe.transformer.state_dict(), copied.pipe.transformer.state_dict()
+    assert list(ours) == list(theirs)
+    assert {ours[name].dtype for name in ours if name.endswith("to_qkv.weight")} == {torch.float8_e4m3fn}
+    for name, tensor in ours.items():  # float() is exact for every dtype here; fp8 has no equality of its own
+        assert tensor.dtype == theirs[name].dtype and torch.equal(tensor.float(), theirs[name].float()), name
+    images = [engine.generate("a red fox", seeds=[5], width=64, height=64) for engine in (read_ahead, copied)]
+    torch.testing.assert_close(images[0], images[1], atol=0, rtol=0)
 
 
 def test_precompiled_regions_compile_once_and_a_restarted_replica_loads_them(tmp_path):

@@ -1,4 +1,4 @@
-"""NF4 and the 12 GB mode on a GPU, loaded through the real `from_pretrained` path.
+"""NF4, the 12 GB mode and fp8 on a GPU, loaded through the real `from_pretrained` path.
 
 The checkpoint is the full-size FLUX.1-schnell architecture with seeded random weights, saved as a
 diffusers folder (safetensors) first. Run: `pytest -m gpu -s tests/`.
@@ -14,6 +14,7 @@ import torch
 from conftest import PROMPT, SIDE, free_cuda, generate, report
 from deployments.config import FluxConfig
 from deployments.engines.flux import FluxEngine
+from deployments.engines.preload import BlockWeights, start_reading
 from deployments.engines.random_models import full_size_flux_pipeline
 from deployments.vram import GIB
 
@@ -41,10 +42,10 @@ def nf4_from(checkpoint: Path, **options) -> FluxConfig:
     return FluxConfig(model=str(checkpoint), offline=True, precision="nf4", device="cuda", **options)
 
 
-def load(config: FluxConfig) -> FluxEngine:
+def load(config: FluxConfig, block_weights: BlockWeights | None = None) -> FluxEngine:
     torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
-    engine = FluxEngine.load(config)
+    engine = FluxEngine.load(config, block_weights=block_weights)
     report(
         f"load {config.precision}{' +T5 nf4' if config.t5_nf4 else ''}{' +offload' if config.cpu_offload else ''}",
         f"{time.perf_counter() - start:.0f} s, {torch.cuda.memory_allocated() / GIB:.2f} GiB allocated",
@@ -123,4 +124,28 @@ def test_12gb_resident_mode_keeps_text_encoders_in_host_memory_and_caches_prompt
         assert peak <= 6.2 * GIB  # 6.06 GiB here and 6.07 in benchmarks/flux_speed.py on an H100
     finally:
         del engine
+        free_cuda()
+
+
+def test_fp8_block_weights_read_ahead_match_the_copied_load(saved_checkpoint):
+    """The fp8 profile's replica reads and quantizes its block weights before diffusers imports (`preload.py`): the
+    full-size engine it builds has the same fp8 weights and draws the same image as the load that copies each block,
+    and peaks no higher while loading."""
+    config = FluxConfig(model=str(saved_checkpoint), offline=True, precision="fp8", fuse_qkv=True, device="cuda")
+    engines, peaks = [], []  # the peak is the load's own: the first engine is still on the card during the second
+    try:
+        for block_weights in (start_reading(config), None):
+            before = torch.cuda.memory_allocated()
+            engines.append(load(config, block_weights))
+            peaks.append(torch.cuda.max_memory_allocated() - before)
+            how = "read ahead" if block_weights else "copied"
+            report(f"fp8 load, blocks {how}: peak allocated by the load", f"{peaks[-1] / GIB:.2f} GiB")
+        ours, theirs = (engine.pipe.transformer.state_dict() for engine in engines)
+        assert list(ours) == list(theirs)
+        for name, tensor in ours.items():
+            assert tensor.dtype == theirs[name].dtype and torch.equal(tensor.float(), theirs[name].float()), name
+        assert torch.equal(generate(engines[0], seed=5), generate(engines[1], seed=5))
+        assert peaks[0] <= peaks[1] + 0.5 * GIB
+    finally:
+        del engines
         free_cuda()

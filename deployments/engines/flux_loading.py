@@ -1,29 +1,34 @@
-"""Finding and loading FLUX.1-schnell: a hub id or local folder (safetensors only), or random weights built
-in code; NF4 or fp8 quantization; where the weights live (GPU, CPU offload, streamed text encoders); and
-whether the VAE decodes in tiles.
+"""Loading FLUX.1-schnell: a hub id or local folder (safetensors only; found by `model_files.py`), or random weights
+built in code; NF4 or fp8 quantization (fp8 block weights possibly read ahead, `preload.py`); where the weights live
+(GPU, CPU offload, streamed text encoders); and whether the VAE decodes in tiles.
 
 `load_flux_pipeline` reads top to bottom in the order it acts. Speed setups that change how the loaded
 pipeline runs (QKV fusion, compilation, CUDA graphs) are in `flux_speedups.py`.
 """
-
-import json
-from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, FluxPipeline, FluxTransformer2DModel
 from diffusers.hooks import apply_group_offloading
 
 from deployments.config import FluxConfig
-from deployments.engines.common import TORCH_DTYPES, ModelFilesMissingError
+from deployments.engines.common import TORCH_DTYPES
 from deployments.engines.flux_speedups import fuse_qkv_projections
+from deployments.engines.model_files import local_model_folder
 from deployments.engines.precompiled import RegionStore
+from deployments.engines.preload import BlockWeights
 
 COMPUTE_DTYPES = {**TORCH_DTYPES, "nf4": torch.bfloat16, "fp8": torch.bfloat16}  # per `precision`
 
 
-def load_flux_pipeline(config: FluxConfig, device: torch.device, regions: RegionStore | None = None) -> FluxPipeline:
+def load_flux_pipeline(
+    config: FluxConfig,
+    device: torch.device,
+    regions: RegionStore | None = None,
+    block_weights: BlockWeights | None = None,
+) -> FluxPipeline:
     """Build or load the pipeline described by `config`, placed on `device` (or offloaded to it). With `regions`
-    (`compile: precompiled`), fp8 blocks are installed in the store as they arrive on the device."""
+    (`compile: precompiled`), fp8 blocks are installed in the store as they arrive on the device; with
+    `block_weights` (`preload.start_reading`), fp8 blocks take the weights read there."""
     dtype = COMPUTE_DTYPES[config.precision]
     if config.precision == "fp8" and device.type == "cuda" and torch.cuda.get_device_capability(device) < (8, 9):
         raise ValueError(
@@ -53,7 +58,7 @@ def load_flux_pipeline(config: FluxConfig, device: torch.device, regions: Region
 
     # 3. Storage precision.
     if config.precision == "fp8":  # quantized block by block onto the device: bf16 never fills it
-        quantize_fp8(pipe.transformer, config, device, regions)
+        quantize_fp8(pipe.transformer, config, device, regions, block_weights)
 
     # 4. Placement (random weights are built on the device; the config refuses offloading them), and how much of
     # an image the VAE decoder takes at once.
@@ -66,56 +71,6 @@ def load_flux_pipeline(config: FluxConfig, device: torch.device, regions: Region
     if config.vae_tile_size:
         tile_vae_decoder(pipe.vae, config.vae_tile_size)
     return pipe
-
-
-def local_model_folder(config: FluxConfig) -> Path | None:
-    """The folder to load from, checked for completeness; None when the hub may fill in what is missing."""
-    folder = Path(config.model).expanduser()
-    if not folder.is_dir():
-        if not config.offline:
-            return None
-        from huggingface_hub import snapshot_download
-        from huggingface_hub.errors import LocalEntryNotFoundError
-
-        try:
-            folder = Path(snapshot_download(config.model, cache_dir=config.cache_dir, local_files_only=True))
-        except LocalEntryNotFoundError:
-            raise ModelFilesMissingError(
-                f"offline mode: '{config.model}' is neither a local folder nor in the Hugging Face cache "
-                f"({config.cache_dir or 'the default cache'}). Download it once (`hf download {config.model}`"
-                " with the same cache dir) or point `flux.model` at a local folder."
-            ) from None
-    missing = missing_model_files(folder)
-    if missing:
-        raise ModelFilesMissingError(
-            f"{folder} is not a complete FLUX pipeline (safetensors weights only); missing: {', '.join(missing)}"
-        )
-    return folder
-
-
-def missing_model_files(folder: Path) -> list[str]:
-    """Files a diffusers pipeline folder lacks: configs, tokenizers, and safetensors weights per component."""
-    index = folder / "model_index.json"
-    if not index.is_file():
-        return ["model_index.json"]
-    missing = []
-    for name, spec in json.loads(index.read_text()).items():
-        if name.startswith("_") or not isinstance(spec, list) or spec[0] is None:
-            continue
-        class_name = spec[1]
-        if class_name.endswith("Scheduler"):
-            required = ["scheduler_config.json"]
-        elif "Tokenizer" in class_name:
-            required = ["tokenizer_config.json"]
-        else:
-            required = ["config.json", "*.safetensors"]
-        for pattern in required:
-            if not any((folder / name).glob(pattern)):
-                missing.append(f"{name}/{pattern}")
-        for shard_index in (folder / name).glob("*.safetensors.index.json"):
-            shards = set(json.loads(shard_index.read_text())["weight_map"].values())
-            missing += [f"{name}/{shard}" for shard in sorted(shards) if not (folder / name / shard).is_file()]
-    return missing
 
 
 def nf4_components(config: FluxConfig, source: str, common: dict) -> dict[str, torch.nn.Module]:
@@ -151,22 +106,64 @@ def nf4_components(config: FluxConfig, source: str, common: dict) -> dict[str, t
 
 
 def quantize_fp8(
-    transformer: FluxTransformer2DModel, config: FluxConfig, device: torch.device, regions: RegionStore | None
+    transformer: FluxTransformer2DModel,
+    config: FluxConfig,
+    device: torch.device,
+    regions: RegionStore | None,
+    block_weights: BlockWeights | None = None,
 ) -> None:
     """The transformer blocks' matmuls in float8 on `device`, one block at a time: a block moves to the device in
     bf16, its QKV is fused there (fp8 layers cannot be; on a CPU, the fused layers' random initialisation, which
     diffusers then overwrites, is seconds of a load), then its linear layers are quantized. A transformer loaded on
-    the CPU never sits on the device in bf16. Each block done is installed in `regions`, if given: its saved
-    compiled regions load on the store's thread while the next blocks copy."""
+    the CPU never sits on the device in bf16. With `block_weights` (read while diffusers imported) each block is
+    built on the meta device instead and takes its weights from them. Each block done is installed in `regions`, if
+    given: its saved compiled regions load on the store's thread while the next blocks are made."""
     from deployments.engines.fp8 import float8_linears
 
-    for block in (*transformer.transformer_blocks, *transformer.single_transformer_blocks):
-        block.to(device)
-        if config.fuse_qkv:
-            fuse_qkv_projections(block)
-        float8_linears(block, device)
-        if regions is not None:
-            regions.install(block)
+    tensors = block_weights.tensors() if block_weights is not None else None
+    for prefix, blocks in (
+        ("transformer_blocks", transformer.transformer_blocks),
+        ("single_transformer_blocks", transformer.single_transformer_blocks),
+    ):
+        for index, block in enumerate(blocks):
+            target = device if tensors is None else torch.device("meta")  # meta: structure only, nothing copied
+            block.to(target)
+            if config.fuse_qkv:
+                fuse_qkv_projections(block)
+            float8_linears(block, target)
+            if tensors is not None:
+                assign_block_weights(block, f"{prefix}.{index}.", tensors)
+            if regions is not None:
+                regions.install(block)
+    if tensors:
+        unused = sorted(tensors)[:5]
+        raise ValueError(f"{config.model}: the checkpoint has block weights the transformer lacks: {unused}")
+
+
+# diffusers' AttentionModuleMixin.fuse_projections concatenates these layers' weights and biases, in this order.
+FUSED_LAYERS = {"to_qkv": ("to_q", "to_k", "to_v"), "to_added_qkv": ("add_q_proj", "add_k_proj", "add_v_proj")}
+
+
+def assign_block_weights(block: torch.nn.Module, prefix: str, tensors: dict[str, torch.Tensor]) -> None:
+    """Give a block built on the meta device its tensors, taken out of `tensors` (names prefixed by `prefix`). A fused
+    layer takes its parts' tensors concatenated: fp8 rows are scaled one by one, so that is what quantizing the fused
+    bf16 layer gives. Each tensor must have the shape and dtype the block expects."""
+    state = {}
+    for name, expected in block.state_dict().items():
+        if prefix + name in tensors:
+            tensor = tensors.pop(prefix + name)
+        else:
+            layer, _, kind = name.rpartition(".")
+            parent, _, fused = layer.rpartition(".")
+            parts = [tensors.pop(f"{prefix}{parent}.{part}.{kind}") for part in FUSED_LAYERS[fused]]
+            tensor = torch.cat(parts, dim=1 if kind == "weight_scale" else 0)  # scales are [1, out]
+        if (tensor.shape, tensor.dtype) != (expected.shape, expected.dtype):
+            raise ValueError(
+                f"{prefix}{name}: read {list(tensor.shape)} {tensor.dtype}, the block has {list(expected.shape)} "
+                f"{expected.dtype}"
+            )
+        state[name] = tensor
+    block.load_state_dict(state, strict=True, assign=True)
 
 
 def tile_vae_decoder(vae: AutoencoderKL, tile_size: int) -> None:

@@ -24,15 +24,23 @@ def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return (x.float() / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8), scale
 
 
+def quantize_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A linear layer's weight [out, in] -> (fp8 [out, in], fp32 scale [1, out]), as `Float8Linear` keeps them.
+    Rows are scaled one by one, so quantizing layers then concatenating them gives what quantizing the
+    concatenation gives (fused QKV)."""
+    fp8, scale = quantize_rows(weight)
+    return fp8, scale.T.contiguous()
+
+
 class Float8Linear(nn.Module):
     """An `nn.Linear` whose weight is stored in fp8; inputs are quantized per row at each call."""
 
     def __init__(self, linear: nn.Linear, device: torch.device) -> None:
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        weight, scale = quantize_rows(linear.weight.detach().to(device))
+        weight, scale = quantize_weight(linear.weight.detach().to(device))
         self.register_buffer("weight", weight)  # [out, in]: its transpose is the column-major operand _scaled_mm wants
-        self.register_buffer("weight_scale", scale.T.contiguous())  # [1, out]
+        self.register_buffer("weight_scale", scale)  # [1, out]
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().to(device), requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -46,13 +54,17 @@ class Float8Linear(nn.Module):
         return y.reshape(*x.shape[:-1], self.out_features)
 
 
+def stored_in_fp8(layer: str, weight_shape: torch.Size) -> bool:
+    """Whether the linear layer named `layer` (in a block, or in the whole transformer), with a weight of this shape
+    [out, in], is stored in fp8: all but the modulation layers, where `_scaled_mm`'s shape rule allows."""
+    return not layer.endswith(KEPT_IN_BF16) and not (weight_shape[0] % 16 or weight_shape[1] % 16)
+
+
 def float8_linears(block: nn.Module, device: torch.device) -> None:
     """Swap the linear layers of one transformer block for `Float8Linear` on `device`, in place. The transformer's
     embedders and output projection, outside its blocks, stay in bf16: small, at the model's ends."""
     for name, module in list(block.named_modules()):
-        if not isinstance(module, nn.Linear) or name.endswith(KEPT_IN_BF16):
-            continue
-        if module.in_features % 16 or module.out_features % 16:  # _scaled_mm's shape rule
+        if not isinstance(module, nn.Linear) or not stored_in_fp8(name, module.weight.shape):
             continue
         parent_name, _, child = name.rpartition(".")
         setattr(block.get_submodule(parent_name), child, Float8Linear(module, device))
