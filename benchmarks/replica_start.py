@@ -93,7 +93,7 @@ def start_replica_engine(
 
         from deployments.engines.preload import start_reading
 
-        block_weights = start_reading(config) if mode != "diffusers" else None
+        early_weights = start_reading(config) if mode != "diffusers" else None
         from deployments.engines.cuda_graphs import CudaGraphRunner
         from deployments.engines.flux import FluxEngine
         from deployments.engines.random_models import full_size_flux_pipeline, tiny_flux_pipeline
@@ -124,7 +124,7 @@ def start_replica_engine(
 
     collections = FullCollections()
     engine = FluxEngine.load(  # as FluxGenerator loads it
-        config, warmup_sizes=sizes, warmup_batch_sizes=batches, block_weights=block_weights
+        config, warmup_sizes=sizes, warmup_batch_sizes=batches, early_weights=early_weights
     )
     collections_in_start_s = collections.take()
     freeze_startup_heap()  # as FluxGenerator does once its engine is ready

@@ -56,8 +56,8 @@ class FluxGenerator(BatchingReplica):
         with imports_without_collections():
             from deployments.engines.preload import start_reading  # torch and safetensors
 
-            # An fp8 engine's block weights go to the GPU while diffusers and transformers import.
-            block_weights = start_reading(config)
+            # An fp8 engine's transformer blocks and T5 go to the GPU while diffusers and transformers import.
+            early_weights = start_reading(config)
             from deployments.engines.flux import FluxEngine
         logger.info("Imported the engine (torch, diffusers, transformers) in %.1f s", time.perf_counter() - start)
 
@@ -68,7 +68,7 @@ class FluxGenerator(BatchingReplica):
             config,
             warmup_sizes=sizes,
             warmup_batch_sizes=range(1, batching.max_batch_size + 1),
-            block_weights=block_weights,
+            early_weights=early_weights,
         )
         freeze_startup_heap()
         self.waiting: asyncio.Queue[_Waiting] = asyncio.Queue()

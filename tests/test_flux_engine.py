@@ -173,22 +173,29 @@ def test_fp8_engine_keeps_block_matmuls_in_float8_and_draws_nearly_the_same_imag
     assert (image - reference).abs().mean() < 0.01 < (reference - reference.mean()).abs().mean()
 
 
-def test_fp8_block_weights_read_while_diffusers_imports_give_the_same_engine(tmp_path):
-    """An fp8 replica whose checkpoint is on local disk starts reading and quantizing its block weights before it
-    imports diffusers (`preload.start_reading`), then builds each block from them: the same fp8 weights to the bit
-    (fused QKV included) and the same image as the load that copies and quantizes each block itself."""
+def test_fp8_weights_read_while_diffusers_imports_give_the_same_engine(tmp_path):
+    """An fp8 replica whose checkpoint is on local disk starts reading its transformer blocks (quantizing them) and T5
+    before it imports diffusers (`preload.start_reading`), then gives the pipeline those tensors: the same weights to
+    the bit (fused QKV included, T5's embedding still tied) and the same image as the load that copies its own."""
     folder = tmp_path / "checkpoint"
     tiny_flux_pipeline(seed=3).save_pretrained(folder, safe_serialization=True)
     config = FluxConfig(model=str(folder), offline=True, precision="fp8", fuse_qkv=True, device="cpu", min_side=64)
-    block_weights = start_reading(config)
-    assert block_weights is not None
-    read_ahead = FluxEngine.load(config, block_weights=block_weights)
+    early_weights = start_reading(config)
+    assert early_weights is not None and early_weights.components == ("transformer", "text_encoder_2")
+    read_ahead = FluxEngine.load(config, early_weights=early_weights)
+    for component in early_weights.components:  # each handed over to the pipeline
+        with pytest.raises(KeyError):
+            early_weights.tensors(component)
     copied = FluxEngine.load(config)
-    ours, theirs = read_ahead.pipe.transformer.state_dict(), copied.pipe.transformer.state_dict()
-    assert list(ours) == list(theirs)
-    assert {ours[name].dtype for name in ours if name.endswith("to_qkv.weight")} == {torch.float8_e4m3fn}
-    for name, tensor in ours.items():  # float() is exact for every dtype here; fp8 has no equality of its own
-        assert tensor.dtype == theirs[name].dtype and torch.equal(tensor.float(), theirs[name].float()), name
+    t5 = read_ahead.pipe.text_encoder_2
+    assert t5.encoder.embed_tokens.weight is t5.shared.weight
+    for component in ("transformer", "text_encoder_2"):
+        ours, theirs = (getattr(engine.pipe, component).state_dict() for engine in (read_ahead, copied))
+        assert list(ours) == list(theirs)
+        for name, tensor in ours.items():  # float() is exact for every dtype here; fp8 has no equality of its own
+            assert tensor.dtype == theirs[name].dtype and torch.equal(tensor.float(), theirs[name].float()), name
+    fused = read_ahead.pipe.transformer.transformer_blocks[0].attn.to_qkv
+    assert fused.weight.dtype == torch.float8_e4m3fn
     images = [engine.generate("a red fox", seeds=[5], width=64, height=64) for engine in (read_ahead, copied)]
     torch.testing.assert_close(images[0], images[1], atol=0, rtol=0)
 

@@ -14,7 +14,7 @@ import torch
 from conftest import PROMPT, SIDE, free_cuda, generate, report
 from deployments.config import FluxConfig
 from deployments.engines.flux import FluxEngine
-from deployments.engines.preload import BlockWeights, start_reading
+from deployments.engines.preload import EarlyWeights, start_reading
 from deployments.engines.random_models import full_size_flux_pipeline
 from deployments.vram import GIB
 
@@ -42,10 +42,10 @@ def nf4_from(checkpoint: Path, **options) -> FluxConfig:
     return FluxConfig(model=str(checkpoint), offline=True, precision="nf4", device="cuda", **options)
 
 
-def load(config: FluxConfig, block_weights: BlockWeights | None = None) -> FluxEngine:
+def load(config: FluxConfig, early_weights: EarlyWeights | None = None) -> FluxEngine:
     torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
-    engine = FluxEngine.load(config, block_weights=block_weights)
+    engine = FluxEngine.load(config, early_weights=early_weights)
     report(
         f"load {config.precision}{' +T5 nf4' if config.t5_nf4 else ''}{' +offload' if config.cpu_offload else ''}",
         f"{time.perf_counter() - start:.0f} s, {torch.cuda.memory_allocated() / GIB:.2f} GiB allocated",
@@ -127,23 +127,24 @@ def test_12gb_resident_mode_keeps_text_encoders_in_host_memory_and_caches_prompt
         free_cuda()
 
 
-def test_fp8_block_weights_read_ahead_match_the_copied_load(saved_checkpoint):
-    """The fp8 profile's replica reads and quantizes its block weights before diffusers imports (`preload.py`): the
-    full-size engine it builds has the same fp8 weights and draws the same image as the load that copies each block,
-    and peaks no higher while loading."""
+def test_fp8_weights_read_ahead_match_the_copied_load(saved_checkpoint):
+    """The fp8 profile's replica reads its transformer blocks (quantizing them) and T5 before diffusers imports
+    (`preload.py`): the full-size engine it builds has the same weights and draws the same image as the load that
+    copies its own, and peaks no higher while loading."""
     config = FluxConfig(model=str(saved_checkpoint), offline=True, precision="fp8", fuse_qkv=True, device="cuda")
     engines, peaks = [], []  # the peak is the load's own: the first engine is still on the card during the second
     try:
-        for block_weights in (start_reading(config), None):
+        for early_weights in (start_reading(config), None):
             before = torch.cuda.memory_allocated()
-            engines.append(load(config, block_weights))
+            engines.append(load(config, early_weights))
             peaks.append(torch.cuda.max_memory_allocated() - before)
-            how = "read ahead" if block_weights else "copied"
-            report(f"fp8 load, blocks {how}: peak allocated by the load", f"{peaks[-1] / GIB:.2f} GiB")
-        ours, theirs = (engine.pipe.transformer.state_dict() for engine in engines)
-        assert list(ours) == list(theirs)
-        for name, tensor in ours.items():
-            assert tensor.dtype == theirs[name].dtype and torch.equal(tensor.float(), theirs[name].float()), name
+            how = "read ahead" if early_weights else "copied"
+            report(f"fp8 load, weights {how}: peak allocated by the load", f"{peaks[-1] / GIB:.2f} GiB")
+        for component in ("transformer", "text_encoder_2"):
+            ours, theirs = (getattr(engine.pipe, component).state_dict() for engine in engines)
+            assert list(ours) == list(theirs)
+            for name, tensor in ours.items():
+                assert tensor.dtype == theirs[name].dtype and torch.equal(tensor.float(), theirs[name].float()), name
         assert torch.equal(generate(engines[0], seed=5), generate(engines[1], seed=5))
         assert peaks[0] <= peaks[1] + 0.5 * GIB
     finally:

@@ -23,7 +23,7 @@ from deployments.engines.cuda_graphs import CudaGraphRunner
 from deployments.engines.flux_loading import load_flux_pipeline
 from deployments.engines.flux_speedups import optimize_pipeline, region_store
 from deployments.engines.precompiled import RegionStore
-from deployments.engines.preload import BlockWeights
+from deployments.engines.preload import EarlyWeights
 from deployments.engines.previews import LatentPreviewer
 from deployments.vram import GIB
 
@@ -87,11 +87,11 @@ class FluxEngine:
         config: FluxConfig,
         warmup_sizes: Sequence[tuple[int, int]] | None = None,
         warmup_batch_sizes: Sequence[int] = (1,),
-        block_weights: BlockWeights | None = None,
+        early_weights: EarlyWeights | None = None,
     ) -> "FluxEngine":
         """Load the model; with `compile` or `cuda_graphs`, also compile and capture every (width, height) of
         `warmup_sizes` (default: 512x512 or the nearest allowed side) at each batch size, before it serves.
-        `block_weights`: what `preload.start_reading(config)` began reading before this module was imported."""
+        `early_weights`: what `preload.start_reading(config)` began reading before this module was imported."""
         device = resolve_device(config.device)
         if config.compile_cache_dir:  # read by inductor whenever it compiles: set before the first compile
             os.environ["TORCHINDUCTOR_CACHE_DIR"] = config.compile_cache_dir
@@ -102,13 +102,13 @@ class FluxEngine:
         with regions.prefetching() if regions is not None else contextlib.nullcontext():
             start = time.perf_counter()
             try:
-                pipe = load_flux_pipeline(config, device, regions, block_weights)
+                pipe = load_flux_pipeline(config, device, regions, early_weights)
                 optimize_pipeline(pipe, config, regions)
             except torch.cuda.OutOfMemoryError:
                 pipe = None  # leave the handler so the failed load's tensors can be freed
             finally:
-                if block_weights is not None:  # a failed load stops the reading too
-                    block_weights.close()
+                if early_weights is not None:  # a failed load stops the reading too
+                    early_weights.close()
             if pipe is None:
                 raise out_of_memory("model load", device, OUT_OF_MEMORY_ADVICE)
             load_s = time.perf_counter() - start

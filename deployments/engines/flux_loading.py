@@ -1,6 +1,6 @@
 """Loading FLUX.1-schnell: a hub id or local folder (safetensors only; found by `model_files.py`), or random weights
-built in code; NF4 or fp8 quantization (fp8 block weights possibly read ahead, `preload.py`); where the weights live
-(GPU, CPU offload, streamed text encoders); and whether the VAE decodes in tiles.
+built in code; NF4 or fp8 quantization (an fp8 engine's weights possibly read ahead, `preload.py`); where the weights
+live (GPU, CPU offload, streamed text encoders); and whether the VAE decodes in tiles.
 
 `load_flux_pipeline` reads top to bottom in the order it acts. Speed setups that change how the loaded
 pipeline runs (QKV fusion, compilation, CUDA graphs) are in `flux_speedups.py`.
@@ -15,7 +15,7 @@ from deployments.engines.common import TORCH_DTYPES
 from deployments.engines.flux_speedups import fuse_qkv_projections
 from deployments.engines.model_files import local_model_folder
 from deployments.engines.precompiled import RegionStore
-from deployments.engines.preload import BlockWeights
+from deployments.engines.preload import EarlyWeights
 
 COMPUTE_DTYPES = {**TORCH_DTYPES, "nf4": torch.bfloat16, "fp8": torch.bfloat16}  # per `precision`
 
@@ -24,11 +24,11 @@ def load_flux_pipeline(
     config: FluxConfig,
     device: torch.device,
     regions: RegionStore | None = None,
-    block_weights: BlockWeights | None = None,
+    early: EarlyWeights | None = None,
 ) -> FluxPipeline:
     """Build or load the pipeline described by `config`, placed on `device` (or offloaded to it). With `regions`
-    (`compile: precompiled`), fp8 blocks are installed in the store as they arrive on the device; with
-    `block_weights` (`preload.start_reading`), fp8 blocks take the weights read there."""
+    (`compile: precompiled`), fp8 blocks are installed in the store as they arrive on the device; with `early`
+    (`preload.start_reading`), the fp8 blocks and T5 take the tensors read there during the imports."""
     dtype = COMPUTE_DTYPES[config.precision]
     if config.precision == "fp8" and device.type == "cuda" and torch.cuda.get_device_capability(device) < (8, 9):
         raise ValueError(
@@ -58,7 +58,7 @@ def load_flux_pipeline(
 
     # 3. Storage precision.
     if config.precision == "fp8":  # quantized block by block onto the device: bf16 never fills it
-        quantize_fp8(pipe.transformer, config, device, regions, block_weights)
+        quantize_fp8(pipe.transformer, config, device, regions, early.tensors("transformer") if early else None)
 
     # 4. Placement (random weights are built on the device; the config refuses offloading them), and how much of
     # an image the VAE decoder takes at once.
@@ -67,6 +67,8 @@ def load_flux_pipeline(
     elif config.text_encoder_offload:
         stream_text_encoders(pipe, device)
     else:
+        if early is not None and "text_encoder_2" in early.components:
+            assign_text_encoder_weights(pipe.text_encoder_2, early.tensors("text_encoder_2"))
         pipe.to(device)
     if config.vae_tile_size:
         tile_vae_decoder(pipe.vae, config.vae_tile_size)
@@ -110,33 +112,32 @@ def quantize_fp8(
     config: FluxConfig,
     device: torch.device,
     regions: RegionStore | None,
-    block_weights: BlockWeights | None = None,
+    block_tensors: dict[str, torch.Tensor] | None = None,
 ) -> None:
     """The transformer blocks' matmuls in float8 on `device`, one block at a time: a block moves to the device in
     bf16, its QKV is fused there (fp8 layers cannot be; on a CPU, the fused layers' random initialisation, which
     diffusers then overwrites, is seconds of a load), then its linear layers are quantized. A transformer loaded on
-    the CPU never sits on the device in bf16. With `block_weights` (read while diffusers imported) each block is
-    built on the meta device instead and takes its weights from them. Each block done is installed in `regions`, if
-    given: its saved compiled regions load on the store's thread while the next blocks are made."""
+    the CPU never sits on the device in bf16. With `block_tensors` (`EarlyWeights`, read while diffusers imported)
+    each block is built on the meta device instead and takes its weights from them. Each block done is installed in
+    `regions`, if given: its saved compiled regions load on the store's thread while the next blocks are made."""
     from deployments.engines.fp8 import float8_linears
 
-    tensors = block_weights.tensors() if block_weights is not None else None
     for prefix, blocks in (
         ("transformer_blocks", transformer.transformer_blocks),
         ("single_transformer_blocks", transformer.single_transformer_blocks),
     ):
         for index, block in enumerate(blocks):
-            target = device if tensors is None else torch.device("meta")  # meta: structure only, nothing copied
+            target = device if block_tensors is None else torch.device("meta")  # meta: structure only, nothing copied
             block.to(target)
             if config.fuse_qkv:
                 fuse_qkv_projections(block)
             float8_linears(block, target)
-            if tensors is not None:
-                assign_block_weights(block, f"{prefix}.{index}.", tensors)
+            if block_tensors is not None:
+                assign_block_weights(block, f"{prefix}.{index}.", block_tensors)
             if regions is not None:
                 regions.install(block)
-    if tensors:
-        unused = sorted(tensors)[:5]
+    if block_tensors:
+        unused = sorted(block_tensors)[:5]
         raise ValueError(f"{config.model}: the checkpoint has block weights the transformer lacks: {unused}")
 
 
@@ -164,6 +165,21 @@ def assign_block_weights(block: torch.nn.Module, prefix: str, tensors: dict[str,
             )
         state[name] = tensor
     block.load_state_dict(state, strict=True, assign=True)
+
+
+def assign_text_encoder_weights(t5: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    """Give T5 the tensors read ahead for it, each with the shape and dtype from_pretrained gave it (transformers may
+    keep layers in another dtype). Its token embedding is saved once, as `shared`, and tied again here."""
+    for name, loaded in t5.state_dict().items():
+        if name in tensors and (tensors[name].shape, tensors[name].dtype) != (loaded.shape, loaded.dtype):
+            raise ValueError(
+                f"text_encoder_2.{name}: read {list(tensors[name].shape)} {tensors[name].dtype}, T5 has "
+                f"{list(loaded.shape)} {loaded.dtype}"
+            )
+    missing, unexpected = t5.load_state_dict(tensors, strict=False, assign=True)
+    if unexpected or set(missing) != set(t5._tied_weights_keys or ()):
+        raise ValueError(f"text_encoder_2: the checkpoint does not fit T5: missing {missing}, unexpected {unexpected}")
+    t5.tie_weights()
 
 
 def tile_vae_decoder(vae: AutoencoderKL, tile_size: int) -> None:

@@ -1,6 +1,6 @@
 """Where a FLUX checkpoint's files are: a local folder, or the Hugging Face cache in offline mode; and whether a
-folder holds a complete pipeline. No diffusers import: the fp8 block weights start loading from here while it
-imports (`preload.py`)."""
+folder holds a complete pipeline. It imports no diffusers: `preload.py` uses it to start reading an fp8 engine's
+weights before diffusers is imported."""
 
 import json
 from pathlib import Path

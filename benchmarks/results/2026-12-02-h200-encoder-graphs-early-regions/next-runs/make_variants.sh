@@ -10,13 +10,13 @@ for name in nopreload preload5ms switch noprefetch; do
 done
 # regions loaded on the main thread when first called (no prefetch thread)
 sed -i 's/with regions.prefetching() if regions is not None else contextlib.nullcontext():/with contextlib.nullcontext():/' $V/noprefetch/deployments/engines/flux.py
-# the block weights read at Python's default switch interval (5 ms) instead of 0.2 ms
+# the early weights read at Python's default switch interval (5 ms) instead of 0.2 ms
 sed -i 's/^SWITCH_INTERVAL_S = 0.0002$/SWITCH_INTERVAL_S = 0.005/' $V/preload5ms/deployments/engines/preload.py
-# after the block weights are read, the switch interval stays at 0.5 ms (not 5): the region prefetch thread yields the
+# after the load, the switch interval stays at 0.5 ms (not 5): the region prefetch thread yields the
 # GIL to the main thread's load and warm-up sooner
 sed -i 's/        sys.setswitchinterval(self._switch_interval)/        sys.setswitchinterval(0.0005)/' $V/switch/deployments/engines/preload.py
-# block weights copied by the load after the imports, as before the preload (replica_start is what the A/B runs)
-sed -i 's/block_weights = start_reading(config) if mode != "diffusers" else None/block_weights = None/' $V/nopreload/benchmarks/replica_start.py
+# the transformer blocks and T5 copied by the load after the imports, as before the preload (replica_start is what the A/B runs)
+sed -i 's/early_weights = start_reading(config) if mode != "diffusers" else None/early_weights = None/' $V/nopreload/benchmarks/replica_start.py
 for name in nopreload preload5ms switch noprefetch; do
   echo "== $name"; diff -r deployments $V/$name/deployments | grep '^[<>]' || true
   diff benchmarks/replica_start.py $V/$name/benchmarks/replica_start.py | grep '^[<>]' || true
