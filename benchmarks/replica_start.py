@@ -86,8 +86,8 @@ def start_replica_engine(
 
     args = AppArgs.model_validate(profile_args(rehearse, compile_mode, model))
     config = args.flux if rehearse else FluxConfig(**{**args.flux.model_dump(), "compile_cache_dir": cache_dir})
-    # As a replica, with the garbage collector paused, an fp8 engine's block weights read during the imports; plain
-    # diffusers as its users run it.
+    # As a replica: the garbage collector paused, an fp8 engine's transformer blocks and T5 read during the imports.
+    # Plain diffusers as its users run it.
     with imports_without_collections() if mode != "diffusers" else contextlib.nullcontext():
         import torch
 
