@@ -13,7 +13,9 @@ import torch
 from deployments.config import FluxConfig
 from deployments.engines.common import ModelFilesMissingError
 from deployments.engines.flux import FluxEngine, to_uint8_pixels
-from deployments.engines.flux_loading import HostEmbedding
+from deployments.engines.flux_loading import HostEmbedding, assign_block_weights
+from deployments.engines.flux_speedups import fuse_qkv_projections
+from deployments.engines.fp8 import float8_linears
 from deployments.engines.precompiled import RegionStore
 from deployments.engines.preload import start_reading
 from deployments.engines.random_models import clip_bpe_tokenizer, t5_standin_tokenizer, tiny_flux_pipeline
@@ -198,6 +200,20 @@ def test_fp8_weights_read_while_diffusers_imports_give_the_same_engine(tmp_path)
     assert fused.weight.dtype == torch.float8_e4m3fn
     images = [engine.generate("a red fox", seeds=[5], width=64, height=64) for engine in (read_ahead, copied)]
     torch.testing.assert_close(images[0], images[1], atol=0, rtol=0)
+
+
+def test_a_block_tensor_missing_from_the_checkpoint_is_named():
+    """Weights read ahead that lack one of a block's tensors (a truncated or foreign checkpoint) fail the load naming
+    it, not with a KeyError from inside the assembly."""
+    block = tiny_flux_pipeline().transformer.transformer_blocks[0].to("meta")
+    fuse_qkv_projections(block)
+    float8_linears(block, torch.device("meta"))
+    tensors = {
+        f"transformer_blocks.0.{name}": torch.empty_like(t, device="cpu") for name, t in block.state_dict().items()
+    }
+    del tensors["transformer_blocks.0.attn.to_qkv.weight"]
+    with pytest.raises(ValueError, match=r"the checkpoint has no transformer_blocks\.0\.attn\.to_qkv\.weight"):
+        assign_block_weights(block, "transformer_blocks.0.", tensors)
 
 
 def test_precompiled_regions_compile_once_and_a_restarted_replica_loads_them(tmp_path):

@@ -156,8 +156,11 @@ def assign_block_weights(block: torch.nn.Module, prefix: str, tensors: dict[str,
         else:
             layer, _, kind = name.rpartition(".")
             parent, _, fused = layer.rpartition(".")
-            parts = [tensors.pop(f"{prefix}{parent}.{part}.{kind}") for part in FUSED_LAYERS[fused]]
-            tensor = torch.cat(parts, dim=1 if kind == "weight_scale" else 0)  # scales are [1, out]
+            parts = [f"{prefix}{parent}.{part}.{kind}" for part in FUSED_LAYERS.get(fused, ())]
+            if not parts or any(part not in tensors for part in parts):
+                raise ValueError(f"the checkpoint has no {prefix}{name}")
+            along = 1 if kind == "weight_scale" else 0  # scales are [1, out]
+            tensor = torch.cat([tensors.pop(part) for part in parts], dim=along)
         if (tensor.shape, tensor.dtype) != (expected.shape, expected.dtype):
             raise ValueError(
                 f"{prefix}{name}: read {list(tensor.shape)} {tensor.dtype}, the block has {list(expected.shape)} "
