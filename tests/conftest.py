@@ -190,6 +190,17 @@ def generate(engine, seed: int = 0, **kwargs):
     return engine.generate(PROMPT, seeds=[seed], width=SIDE, height=SIDE, **kwargs)
 
 
+def assert_same_weights(ours, theirs) -> None:
+    """Two engines' transformer and T5 hold the same tensors: names, dtypes, values to the bit."""
+    import torch
+
+    for component in ("transformer", "text_encoder_2"):
+        mine, other = getattr(ours.pipe, component).state_dict(), getattr(theirs.pipe, component).state_dict()
+        assert list(mine) == list(other)
+        for name, tensor in mine.items():  # float() is exact for every dtype here; fp8 has no equality of its own
+            assert tensor.dtype == other[name].dtype and torch.equal(tensor.float(), other[name].float()), name
+
+
 @pytest.fixture(scope="module")
 def browser():
     """Headless Chromium driven by Selenium (Debian's `chromium` and `chromium-driver`; `make test` installs them)."""

@@ -10,6 +10,7 @@ import open_clip
 import pytest
 import torch
 
+from conftest import assert_same_weights
 from deployments.config import FluxConfig
 from deployments.engines.common import ModelFilesMissingError
 from deployments.engines.flux import FluxEngine, to_uint8_pixels
@@ -191,11 +192,7 @@ def test_fp8_weights_read_while_diffusers_imports_give_the_same_engine(tmp_path)
     copied = FluxEngine.load(config)
     t5 = read_ahead.pipe.text_encoder_2
     assert t5.encoder.embed_tokens.weight is t5.shared.weight
-    for component in ("transformer", "text_encoder_2"):
-        ours, theirs = (getattr(engine.pipe, component).state_dict() for engine in (read_ahead, copied))
-        assert list(ours) == list(theirs)
-        for name, tensor in ours.items():  # float() is exact for every dtype here; fp8 has no equality of its own
-            assert tensor.dtype == theirs[name].dtype and torch.equal(tensor.float(), theirs[name].float()), name
+    assert_same_weights(read_ahead, copied)
     fused = read_ahead.pipe.transformer.transformer_blocks[0].attn.to_qkv
     assert fused.weight.dtype == torch.float8_e4m3fn
     images = [engine.generate("a red fox", seeds=[5], width=64, height=64) for engine in (read_ahead, copied)]

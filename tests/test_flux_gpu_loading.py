@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import PROMPT, SIDE, free_cuda, generate, report
+from conftest import PROMPT, SIDE, assert_same_weights, free_cuda, generate, report
 from deployments.config import FluxConfig
 from deployments.engines.flux import FluxEngine
 from deployments.engines.preload import EarlyWeights, start_reading
@@ -140,11 +140,7 @@ def test_fp8_weights_read_ahead_match_the_copied_load(saved_checkpoint):
             peaks.append(torch.cuda.max_memory_allocated() - before)
             how = "read ahead" if early_weights else "copied"
             report(f"fp8 load, weights {how}: peak allocated by the load", f"{peaks[-1] / GIB:.2f} GiB")
-        for component in ("transformer", "text_encoder_2"):
-            ours, theirs = (getattr(engine.pipe, component).state_dict() for engine in engines)
-            assert list(ours) == list(theirs)
-            for name, tensor in ours.items():
-                assert tensor.dtype == theirs[name].dtype and torch.equal(tensor.float(), theirs[name].float()), name
+        assert_same_weights(*engines)
         assert torch.equal(generate(engines[0], seed=5), generate(engines[1], seed=5))
         assert peaks[0] <= peaks[1] + 0.5 * GIB
     finally:

@@ -161,24 +161,25 @@ def assign_block_weights(block: torch.nn.Module, prefix: str, tensors: dict[str,
                 raise ValueError(f"the checkpoint has no {prefix}{name}")
             along = 1 if kind == "weight_scale" else 0  # scales are [1, out]
             tensor = torch.cat([tensors.pop(part) for part in parts], dim=along)
-        if (tensor.shape, tensor.dtype) != (expected.shape, expected.dtype):
-            raise ValueError(
-                f"{prefix}{name}: read {list(tensor.shape)} {tensor.dtype}, the block has {list(expected.shape)} "
-                f"{expected.dtype}"
-            )
+        check_read_tensor(prefix + name, tensor, expected)
         state[name] = tensor
     block.load_state_dict(state, strict=True, assign=True)
+
+
+def check_read_tensor(name: str, tensor: torch.Tensor, expected: torch.Tensor) -> None:
+    """A tensor read ahead must have the shape and dtype of the one the module has (or expects, on the meta device)."""
+    if (tensor.shape, tensor.dtype) != (expected.shape, expected.dtype):
+        raise ValueError(
+            f"{name}: read {list(tensor.shape)} {tensor.dtype}, the model has {list(expected.shape)} {expected.dtype}"
+        )
 
 
 def assign_text_encoder_weights(t5: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> None:
     """Give T5 the tensors read ahead for it, each with the shape and dtype from_pretrained gave it (transformers may
     keep layers in another dtype). Its token embedding is saved once, as `shared`, and tied again here."""
     for name, loaded in t5.state_dict().items():
-        if name in tensors and (tensors[name].shape, tensors[name].dtype) != (loaded.shape, loaded.dtype):
-            raise ValueError(
-                f"text_encoder_2.{name}: read {list(tensors[name].shape)} {tensors[name].dtype}, T5 has "
-                f"{list(loaded.shape)} {loaded.dtype}"
-            )
+        if name in tensors:
+            check_read_tensor(f"text_encoder_2.{name}", tensors[name], loaded)
     missing, unexpected = t5.load_state_dict(tensors, strict=False, assign=True)
     if unexpected or set(missing) != set(t5._tied_weights_keys or ()):
         raise ValueError(f"text_encoder_2: the checkpoint does not fit T5: missing {missing}, unexpected {unexpected}")

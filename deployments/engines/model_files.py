@@ -54,6 +54,12 @@ def missing_model_files(folder: Path) -> list[str]:
             if not any((folder / name).glob(pattern)):
                 missing.append(f"{name}/{pattern}")
         for shard_index in (folder / name).glob("*.safetensors.index.json"):
-            shards = set(json.loads(shard_index.read_text())["weight_map"].values())
-            missing += [f"{name}/{shard}" for shard in sorted(shards) if not (folder / name / shard).is_file()]
+            missing += [
+                f"{name}/{shard}" for shard in index_shards(shard_index) if not (folder / name / shard).is_file()
+            ]
     return missing
+
+
+def index_shards(index: Path) -> list[str]:
+    """The weight files a `*.safetensors.index.json` of sharded weights names, sorted."""
+    return sorted(set(json.loads(index.read_text())["weight_map"].values()))

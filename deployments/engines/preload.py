@@ -8,7 +8,6 @@ copies, without the GIL) used to follow each other. Started first, the copies ru
 `flux_loading` then gives the loaded pipeline these tensors instead of copying its own.
 """
 
-import json
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -20,7 +19,7 @@ from safetensors import safe_open
 from deployments.config import FluxConfig
 from deployments.engines.common import resolve_device
 from deployments.engines.fp8 import quantize_weight, stored_in_fp8
-from deployments.engines.model_files import local_model_folder
+from deployments.engines.model_files import index_shards, local_model_folder
 
 BLOCKS = ("transformer_blocks.", "single_transformer_blocks.")  # FluxTransformer2DModel's repeated blocks
 # Each component's weights files, as diffusers and transformers name them: (single file, index of shards)
@@ -60,18 +59,19 @@ class EarlyWeights:
         return {component: self._read_component(folder / component, device, dtype) for component in self.components}
 
     def _read_component(self, folder: Path, device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        transformer = folder.name == "transformer"  # its blocks only, linear weights quantized
         tensors: dict[str, torch.Tensor] = {}
         for path in weight_files(folder, *WEIGHT_FILES[folder.name]):
             with safe_open(path, framework="pt", device="cpu") as file:
                 for name in file.keys():
                     if self._stopped.is_set():
                         return {}
-                    if folder.name == "transformer" and not name.startswith(BLOCKS):
+                    if transformer and not name.startswith(BLOCKS):
                         continue
                     tensor = file.get_tensor(name).to(device, dtype)
                     layer, _, kind = name.rpartition(".")
                     quantized = kind == "weight" and tensor.dim() == 2 and stored_in_fp8(layer, tensor.shape)
-                    if folder.name == "transformer" and quantized:
+                    if transformer and quantized:
                         tensors[name], tensors[f"{layer}.weight_scale"] = quantize_weight(tensor)
                     else:
                         tensors[name] = tensor
@@ -82,8 +82,7 @@ def weight_files(folder: Path, single: str, index: str) -> list[Path]:
     """A model folder's safetensors files: the shards its index names, or its single file."""
     if not (folder / index).is_file():
         return [folder / single]
-    shards = set(json.loads((folder / index).read_text())["weight_map"].values())
-    return [folder / shard for shard in sorted(shards)]
+    return [folder / shard for shard in index_shards(folder / index)]
 
 
 def start_reading(config: FluxConfig) -> EarlyWeights | None:
