@@ -128,8 +128,9 @@ class RegionStore:
         the start, for templates installed before), oldest first (the order the cold start compiled them, which is
         the order the warm-up asks for them), while the caller's thread goes on: copying the next blocks' weights
         to the GPU, which leaves the GIL free, and running the regions already loaded. Loading is Python work, so
-        it gains only where the caller waits; not yet measured on a GPU (docs/performance.md). On exit, files not
-        yet asked for are no longer loaded."""
+        it gains only where the caller waits, and it slows the caller wherever both want the GIL (H200: the warm-up
+        got shorter and the load longer, docs/performance.md). On exit, files not yet asked for are no longer
+        loaded."""
         self._prefetcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="region-prefetch")
         for template, digest in self.templates.values():
             self._prefetch(template, digest)
