@@ -191,14 +191,18 @@ def generate(engine, seed: int = 0, **kwargs):
 
 
 def assert_same_weights(ours, theirs) -> None:
-    """Two engines' transformer and T5 hold the same tensors: names, dtypes, values to the bit."""
+    """Two engines' transformer and T5 hold the same tensors: names, values to the bit, and what compiled regions are
+    keyed on (shape, strides, dtype, ...), so that either engine finds the regions the other saved."""
     import torch
 
+    from deployments.engines.precompiled import weight_facts
+
     for component in ("transformer", "text_encoder_2"):
-        mine, other = getattr(ours.pipe, component).state_dict(), getattr(theirs.pipe, component).state_dict()
-        assert list(mine) == list(other)
-        for name, tensor in mine.items():  # float() is exact for every dtype here; fp8 has no equality of its own
-            assert tensor.dtype == other[name].dtype and torch.equal(tensor.float(), other[name].float()), name
+        mine, other = getattr(ours.pipe, component), getattr(theirs.pipe, component)
+        assert weight_facts(mine) == weight_facts(other)
+        for (name, tensor), theirs_tensor in zip(mine.state_dict().items(), other.state_dict().values(), strict=True):
+            # float() is exact for every dtype here; fp8 has no equality of its own
+            assert torch.equal(tensor.float(), theirs_tensor.float()), name
 
 
 @pytest.fixture(scope="module")
