@@ -1,11 +1,7 @@
-"""What both engines need: precision names, device choice, the errors for missing files and GPU memory, and the
-GIL's hand-off while threads load beside the main one."""
+"""What both engines need: precision names, device choice, and the errors for missing files and GPU memory."""
 
 import gc
 import logging
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import torch
 
@@ -14,8 +10,6 @@ from deployments.api import OutOfGpuMemoryError
 logger = logging.getLogger(__name__)
 
 TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-# Python's default is 5 ms (`gil_handoff`)
-SWITCH_INTERVAL_S = 0.0002
 
 
 class ModelFilesMissingError(FileNotFoundError):
@@ -27,20 +21,6 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
-
-
-@contextmanager
-def gil_handoff() -> Iterator[None]:
-    """Within: Python's switch interval at 0.2 ms. For a start where a thread runs Python (imports, loading saved
-    regions) beside one that runs torch ops (copies, quantization, the warm-up): each op releases the GIL, and at the
-    default 5 ms the op's thread waits up to that long to take it back. On the 2-core CPU machine, 20,000 small ops
-    beside a busy Python thread took 19 s at 5 ms, 1.6 s at 0.2 ms, 0.09 s alone. Nested spans restore in order."""
-    previous = sys.getswitchinterval()
-    sys.setswitchinterval(SWITCH_INTERVAL_S)
-    try:
-        yield
-    finally:
-        sys.setswitchinterval(previous)
 
 
 def check_device(device: torch.device) -> None:

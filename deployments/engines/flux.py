@@ -18,7 +18,7 @@ from diffusers import FluxPipeline
 
 from deployments.api import MAX_SEED
 from deployments.config import FluxConfig
-from deployments.engines.common import check_device, gil_handoff, out_of_memory, resolve_device
+from deployments.engines.common import check_device, out_of_memory, resolve_device
 from deployments.engines.cuda_graphs import CudaGraphRunner
 from deployments.engines.flux_loading import load_flux_pipeline
 from deployments.engines.flux_speedups import optimize_pipeline, region_store
@@ -98,20 +98,17 @@ class FluxEngine:
         if config.cublas_workspace_mib:  # read once, at the process's first cuBLAS call
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", f":{config.cublas_workspace_mib * 1024}:1")
         regions = region_store(config)  # with `compile: precompiled`
-        with contextlib.ExitStack() as starting:  # exited in reverse order
-            if early_weights is not None:  # a failed load stops the reading too
-                starting.callback(early_weights.close)
-            # Saved regions load on a thread from when their blocks are installed (fp8: as they load) to the warm-up's
-            # end; meanwhile both threads hand the GIL to each other quickly.
-            if regions is not None:
-                starting.enter_context(regions.prefetching())
-            starting.enter_context(gil_handoff())
+        # Saved regions load on a thread from when their blocks are installed (fp8: as they load) to the warm-up's end.
+        with regions.prefetching() if regions is not None else contextlib.nullcontext():
             start = time.perf_counter()
             try:
                 pipe = load_flux_pipeline(config, device, regions, early_weights)
                 optimize_pipeline(pipe, config, regions)
             except torch.cuda.OutOfMemoryError:
                 pipe = None  # leave the handler so the failed load's tensors can be freed
+            finally:
+                if early_weights is not None:  # a failed load stops the reading too
+                    early_weights.close()
             if pipe is None:
                 raise out_of_memory("model load", device, OUT_OF_MEMORY_ADVICE)
             load_s = time.perf_counter() - start

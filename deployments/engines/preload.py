@@ -8,16 +8,16 @@ copies, without the GIL) used to follow each other. Started first, the copies ru
 `flux_loading` then gives the loaded pipeline these tensors instead of copying its own.
 """
 
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 
 from deployments.config import FluxConfig
-from deployments.engines.common import gil_handoff, resolve_device
+from deployments.engines.common import resolve_device
 from deployments.engines.fp8 import quantize_weight, stored_in_fp8
 from deployments.engines.model_files import index_shards, local_model_folder
 
@@ -27,6 +27,9 @@ WEIGHT_FILES = {
     "transformer": ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.safetensors.index.json"),
     "text_encoder_2": ("model.safetensors", "model.safetensors.index.json"),
 }
+# Each copy and quantization releases the GIL, and the imports running meanwhile hold it: at Python's default
+# switch interval (5 ms) the reading thread would wait up to that long to take it back after every operation.
+SWITCH_INTERVAL_S = 0.0002
 
 
 class EarlyWeights:
@@ -37,9 +40,8 @@ class EarlyWeights:
     def __init__(self, folder: Path, device: torch.device, dtype: torch.dtype, text_encoder: bool) -> None:
         self.components = ("transformer", "text_encoder_2") if text_encoder else ("transformer",)
         self._stopped = threading.Event()
-        # Each copy and quantization releases the GIL, which the imports meanwhile hold.
-        self._handoff = ExitStack()
-        self._handoff.enter_context(gil_handoff())
+        self._switch_interval = sys.getswitchinterval()
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="early-weights")
         self._read = self._thread.submit(self._read_all, folder, device, dtype)
 
@@ -51,7 +53,7 @@ class EarlyWeights:
         """Stop reading, if it still is (a failed load leaves nothing behind), and restore the switch interval."""
         self._stopped.set()
         self._thread.shutdown(wait=True)
-        self._handoff.close()
+        sys.setswitchinterval(self._switch_interval)
 
     def _read_all(self, folder: Path, device: torch.device, dtype: torch.dtype) -> dict[str, dict[str, torch.Tensor]]:
         return {component: self._read_component(folder / component, device, dtype) for component in self.components}
