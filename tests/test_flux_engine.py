@@ -4,6 +4,7 @@ import copy
 import logging
 import os
 import shutil
+import sys
 
 import numpy as np
 import open_clip
@@ -183,9 +184,11 @@ def test_fp8_weights_read_while_diffusers_imports_give_the_same_engine(tmp_path)
     folder = tmp_path / "checkpoint"
     tiny_flux_pipeline(seed=3).save_pretrained(folder, safe_serialization=True)
     config = FluxConfig(model=str(folder), offline=True, precision="fp8", fuse_qkv=True, device="cpu", min_side=64)
+    switch_interval = sys.getswitchinterval()
     early_weights = start_reading(config)
     assert early_weights is not None and early_weights.components == ("transformer", "text_encoder_2")
     read_ahead = FluxEngine.load(config, early_weights=early_weights)
+    assert sys.getswitchinterval() == switch_interval  # the process's own again, once loaded
     for component in early_weights.components:  # each handed over to the pipeline
         with pytest.raises(KeyError):
             early_weights.tensors(component)
