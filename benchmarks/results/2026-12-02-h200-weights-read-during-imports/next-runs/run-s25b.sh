@@ -1,4 +1,4 @@
-# Session 24, call C (fresh H200): Serve's warm starts of HEAD with the weights on local disk (the first replica, then
+# Session 25, call B (fresh H200): Serve's warm starts of HEAD with the weights on local disk (the first replica, then
 # the replacement of a killed one), after a cold fill, or after unpacking .gpu_diag/regions.tar.xz (call A's regions
 # folder, when it came back and a regions-only folder started warm) into the cache.
 set -o pipefail
