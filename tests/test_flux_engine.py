@@ -180,7 +180,8 @@ def test_fp8_engine_keeps_block_matmuls_in_float8_and_draws_nearly_the_same_imag
 def test_fp8_weights_read_while_diffusers_imports_give_the_same_engine(tmp_path):
     """An fp8 replica whose checkpoint is on local disk starts reading its transformer blocks (quantizing them) and T5
     before it imports diffusers (`preload.start_reading`), then gives the pipeline those tensors: the same weights to
-    the bit (fused QKV included, T5's embedding still tied) and the same image as the load that copies its own."""
+    the bit (fused QKV included, T5's embedding still tied), laid out alike (either finds the regions the other
+    compiled), and the same image as the load that copies its own."""
     folder = tmp_path / "checkpoint"
     tiny_flux_pipeline(seed=3).save_pretrained(folder, safe_serialization=True)
     config = FluxConfig(model=str(folder), offline=True, precision="fp8", fuse_qkv=True, device="cpu", min_side=64)

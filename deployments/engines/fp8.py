@@ -27,11 +27,10 @@ def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def quantize_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """A linear layer's weight [out, in] -> (fp8 [out, in], fp32 scale [1, out]), as `Float8Linear` keeps them.
     Rows are scaled one by one, so quantizing layers then concatenating them gives what quantizing the
-    concatenation gives (fused QKV). The scale has the strides of a new [1, out] tensor, as a concatenated one has:
-    compiled regions are keyed on strides, and `scale.T` ([1, out], strides (1, 1)) would key a fused layer read
-    ahead (`preload`) apart from the same layer fused after loading."""
+    concatenation gives (fused QKV). The scale has dense strides, as a concatenation of scales (a fused layer read
+    ahead, `preload`) has: compiled regions are keyed on strides."""
     if weight.is_meta:  # shapes only; the meta device runs its ops in Python (1.1 s for a transformer's 500 layers)
-        return torch.empty_like(weight, dtype=FP8), torch.empty(1, weight.shape[0], device="meta")
+        return torch.empty_like(weight, dtype=FP8), torch.empty(1, weight.shape[0], dtype=torch.float32, device="meta")
     fp8, scale = quantize_rows(weight)
     return fp8, scale.reshape(1, -1)
 
