@@ -12,7 +12,7 @@ from diffusers.hooks import apply_group_offloading
 
 from deployments.config import FluxConfig
 from deployments.engines.common import TORCH_DTYPES
-from deployments.engines.flux_speedups import fuse_qkv_projections
+from deployments.engines.flux_speedups import FUSED_LAYERS, fuse_qkv_projections
 from deployments.engines.model_files import local_model_folder
 from deployments.engines.precompiled import RegionStore
 from deployments.engines.preload import EarlyWeights
@@ -139,10 +139,6 @@ def quantize_fp8(
     if block_tensors:
         unused = sorted(block_tensors)[:5]
         raise ValueError(f"{config.model}: the checkpoint has block weights the transformer lacks: {unused}")
-
-
-# diffusers' AttentionModuleMixin.fuse_projections concatenates these layers' weights and biases, in this order.
-FUSED_LAYERS = {"to_qkv": ("to_q", "to_k", "to_v"), "to_added_qkv": ("add_q_proj", "add_k_proj", "add_v_proj")}
 
 
 def assign_block_weights(block: torch.nn.Module, prefix: str, tensors: dict[str, torch.Tensor]) -> None:

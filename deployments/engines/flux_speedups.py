@@ -5,6 +5,7 @@ They change how the pipeline runs, not what it computes (`tests/test_flux_gpu_fa
 images). fp8 is applied while loading (`flux_loading.quantize_fp8`), since it replaces the weights.
 """
 
+import itertools
 from pathlib import Path
 
 import torch
@@ -64,6 +65,10 @@ def regions_folder(config: FluxConfig) -> Path:
     return Path(config.compile_cache_dir or cache_dir()) / "vortex-regions"
 
 
+# diffusers' AttentionModuleMixin.fuse_projections concatenates these layers' weights and biases, in this order.
+FUSED_LAYERS = {"to_qkv": ("to_q", "to_k", "to_v"), "to_added_qkv": ("add_q_proj", "add_k_proj", "add_v_proj")}
+
+
 def fuse_qkv_projections(module: torch.nn.Module) -> None:
     """One GEMM for Q, K and V (and for the text stream's Q, K, V) in every attention layer of `module`: the
     transformer, or one of its blocks (diffusers' own `fuse_qkv_projections` takes the whole model).
@@ -75,6 +80,6 @@ def fuse_qkv_projections(module: torch.nn.Module) -> None:
         if isinstance(layer, AttentionModuleMixin):
             layer.fuse_projections()  # a no-op for attention layers that do not fuse
         if getattr(layer, "fused_projections", False):
-            for name in ("to_q", "to_k", "to_v", "add_q_proj", "add_k_proj", "add_v_proj"):
+            for name in itertools.chain(*FUSED_LAYERS.values()):
                 if getattr(layer, name, None) is not None:
                     delattr(layer, name)
