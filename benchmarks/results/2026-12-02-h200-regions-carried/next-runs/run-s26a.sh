@@ -2,12 +2,11 @@
 # inductor's autotuning results, for the commit they were saved by and any later one that leaves precompiled.py, the
 # fp8 layer and the versions alone) unpacked into /tmp/vortex-cc. Warm starts, alternating: the copy of HEAD as HEAD
 # (env unset) and capturing without eager calls or replays in the warm-up (capture-only); every start's first
-# requests' images checksummed. Then HEAD under stack_sampler.py (where the warm-up's main thread waits), then
-# Serve's first replica and two replacements of killed ones, as the time allows.
+# requests' images checksummed. Then HEAD under stack_sampler.py (where the warm-up's main thread waits).
 set -o pipefail
 unset PYTHONDONTWRITEBYTECODE; export PYTHONPYCACHEPREFIX=/tmp/pycache
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee $OUT/card.txt
-python3 -c "import deployments.engines.flux, ray.serve" 2>/dev/null
+python3 -c "import deployments.engines.flux" 2>/dev/null
 S0=$SECONDS
 python3 -m deployments.engines.random_models /tmp/ckpt 2>&1 | tail -1
 echo "checkpoint saved in $((SECONDS-S0)) s"
@@ -40,11 +39,5 @@ PY
 if [ $SECONDS -lt 420 ]; then
   echo "=== sampled HEAD start (elapsed $SECONDS)"
   timeout 80 python3 .gpu_diag/stack_sampler.py $OUT/sampled.txt -m benchmarks.replica_start --child warm --cache-dir /tmp/vortex-cc --model /tmp/ckpt 2>&1 | grep RESULT | cut -c1-400
-fi
-if [ $SECONDS -lt 400 ]; then
-  FLUX='{"precision": "fp8", "fuse_qkv": true, "compile": "precompiled", "cuda_graphs": 20, "model": "/tmp/ckpt", "offline": true, "compile_cache_dir": "/tmp/vortex-cc"}'
-  timeout $((590-SECONDS)) python3 .gpu_diag/serve_restarts.py "$FLUX" 2 $OUT/serve_restarts.json 2>&1 | grep -v -i "$F" > /tmp/serve_restarts.txt
-  echo "serve rc $? elapsed $SECONDS"
-  grep "restart:\|start:\|Imported\|Loaded\|Warmed\|Precompiled\|Error" /tmp/serve_restarts.txt | cut -c1-300 | tee $OUT/serve_restarts_lines.txt
 fi
 echo "elapsed $SECONDS"
