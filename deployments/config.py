@@ -90,7 +90,7 @@ class FluxConfig(BaseModel):
         description="Where torch.compile keeps compiled kernels (TORCHINDUCTOR_CACHE_DIR), and `compile: "
         "precompiled` its regions (in vortex-regions/), so that a restarted or added replica compiles nothing. On a "
         "cluster, a volume every node mounts starts new replicas warm anywhere. Keep the folder whole: the regions "
-        "alone still autotune (23-27 s on an H200), whose results inductor keeps beside them. null: torch's default "
+        "alone still autotune (23-27 s on an H200): inductor keeps its choices in the rest. null: torch's default "
         "under /tmp, per host.",
     )
     vae_tile_size: int = Field(
