@@ -13,4 +13,5 @@ git archive HEAD deployments benchmarks/*.py configs pyproject.toml | tar -x -C 
 (cd $V/captureonly && patch -p1 -s < ../../../$N/captureonly.diff)
 cmp deployments/engines/precompiled.py $V/captureonly/deployments/engines/precompiled.py
 diff -r deployments $V/captureonly/deployments | grep -c '^[<>]'
-cp $N/run-s26a.sh $N/run-s26b.sh $N/stack_sampler.py $N/serve_restarts.py .gpu_diag/
+cp $N/run-s26a.sh $N/run-s26b.sh $N/serve_restarts.py .gpu_diag/
+cp benchmarks/results/2026-12-02-h200-weights-read-during-imports/next-runs/stack_sampler.py .gpu_diag/
