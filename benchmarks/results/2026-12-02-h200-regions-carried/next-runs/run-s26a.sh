@@ -21,6 +21,8 @@ run() {  # name, VORTEX_DIAG_SKIP_EAGER
 }
 run head 0
 grep -q "'compiled': 0" /tmp/head.txt || { echo "the regions do not fit this commit: stop"; exit 1; }
+echo "=== plain diffusers from the same folder, the baseline (elapsed $SECONDS)"
+timeout 90 python3 -m benchmarks.replica_start --model /tmp/ckpt --starts diffusers --timeout-s 85 --out /tmp/diffusers.json 2>&1 | grep "^plain" | tee $OUT/diffusers.txt
 run conly capture-only
 run head2 0
 run conly2 capture-only
