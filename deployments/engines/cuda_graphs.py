@@ -13,41 +13,16 @@ block gets its own graph and overwrites the previous block's output (seen on an 
 "accessing tensor output of CUDAGraphs that has been overwritten by a subsequent run"). Capturing
 the whole call around the regionally compiled blocks keeps the short compile and gives one graph
 per denoising step.
-
-A warm-up throws its results away, so within `capturing_without_running()` a runner that has captured once
-captures each further shape without the eager call before it and returns the graph's buffers unrun: on an H200 the
-fp8 profile's 20-shape warm-up took 6.5-6.9 s instead of 8.9-12.1 s (docs/performance.md).
 """
 
-import contextlib
-import contextvars
-import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
 import torch
 from torch.utils._pytree import TreeSpec, tree_flatten, tree_unflatten
-
-logger = logging.getLogger(__name__)
-
-_results_unused = contextvars.ContextVar("results_unused", default=False)
-
-
-@contextlib.contextmanager
-def capturing_without_running() -> Iterator[None]:
-    """Within, on this thread: a runner that has captured before captures a new shape without running it, and the
-    call returns the new graph's output buffers unrun (garbage). For warm-ups only, whose results nobody reads, and only
-    where nothing compiles or autotunes (torch.cuda.graph's docs: those must happen before capture, not inside it). A
-    runner whose capture fails anyway (a kernel autotuning inside it) runs that shape eagerly and captures it as
-    outside, and from then on always does."""
-    token = _results_unused.set(True)
-    try:
-        yield
-    finally:
-        _results_unused.reset(token)
 
 
 @cache
@@ -81,7 +56,6 @@ class CudaGraphRunner:
         self.max_graphs = max_graphs
         self.captured: dict[tuple, _CapturedCall] = {}
         self.pool = torch.cuda.graph_pool_handle()
-        self.capture_unrun = True  # within `capturing_without_running`, until a capture without its eager call fails
         self.capture_s = 0.0  # the CPU's time capturing, each eager call's included (the GPU may run them later)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -94,8 +68,7 @@ class CudaGraphRunner:
             if len(self.captured) >= self.max_graphs:
                 return self.function(*args, **kwargs)
             start = time.perf_counter()
-            unrun = self.captured and self.capture_unrun and _results_unused.get()
-            call, result = self._capture_unrun(leaves, spec) if unrun else self._capture(leaves, spec)
+            call, result = self._capture(leaves, spec)
             self.captured[signature] = call
             self.capture_s += time.perf_counter() - start
             return result
@@ -136,34 +109,6 @@ class CudaGraphRunner:
                 graph.capture_end()
         outputs, output_spec = tree_flatten(output)
         return _CapturedCall(graph, inputs, outputs, output_spec), result
-
-    def _capture_unrun(self, leaves: list[Any], spec: TreeSpec) -> tuple[_CapturedCall, Any]:
-        """Capture a graph for this signature without running the call (`capturing_without_running`); the result is
-        the graph's output buffers, unrun. Lazy setup the capture needs (cuBLAS workspaces, the side stream) was done
-        by this runner's first capture, which ran its call."""
-        inputs = [x.clone() if isinstance(x, torch.Tensor) else x for x in leaves]
-        args, kwargs = tree_unflatten(inputs, spec)
-        side = _capture_stream(torch.cuda.current_device())
-        side.wait_stream(torch.cuda.current_stream())
-        graph = torch.cuda.CUDAGraph()
-        try:
-            with torch.cuda.stream(side):
-                graph.capture_begin(pool=self.pool, capture_error_mode="thread_local")
-                try:
-                    output = self.function(*args, **kwargs)
-                finally:
-                    graph.capture_end()
-        except RuntimeError:  # CUDA's capture errors are torch.AcceleratorError, a RuntimeError
-            logger.info(
-                "A capture without its eager call failed (a kernel autotuned or synchronized in it): "
-                "this runner runs each new shape before capturing it from now on",
-                exc_info=True,
-            )
-            self.capture_unrun = False
-            return self._capture(leaves, spec)
-        torch.cuda.current_stream().wait_stream(side)
-        outputs, output_spec = tree_flatten(output)
-        return _CapturedCall(graph, inputs, outputs, output_spec), tree_unflatten(outputs, output_spec)
 
     def __len__(self) -> int:
         return len(self.captured)

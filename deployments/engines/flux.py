@@ -19,7 +19,7 @@ from diffusers import FluxPipeline
 from deployments.api import MAX_SEED
 from deployments.config import FluxConfig
 from deployments.engines.common import check_device, out_of_memory, resolve_device
-from deployments.engines.cuda_graphs import CudaGraphRunner, capturing_without_running
+from deployments.engines.cuda_graphs import CudaGraphRunner
 from deployments.engines.flux_loading import load_flux_pipeline
 from deployments.engines.flux_speedups import optimize_pipeline, region_store
 from deployments.engines.precompiled import RegionStore
@@ -161,18 +161,12 @@ class FluxEngine:
     def warm_up(self, sizes: Sequence[tuple[int, int]], batch_sizes: Sequence[int]) -> None:
         """Compile and capture now, not on a user's request: one single-step generation per (width, height) and
         batch size. The shapes of a call do not depend on its number of steps. A decoder that slices decodes one
-        image at a time, so each size's first call covers it and the others stop at the latents.
-
-        While every precompiled region so far was loaded, not compiled, each graph after a runner's first is captured
-        without running (`capturing_without_running`): nothing should compile in the capture, and the images are
-        thrown away. Their garbage flows on into the eager steps between graphs, which only costs the GPU time."""
+        image at a time, so each size's first call covers it and the others stop at the latents."""
         for width, height in sizes:
             for index, batch in enumerate(batch_sizes):
                 prompts = [f"warm-up image {i} of {batch}" for i in range(batch)]
                 decode = index == 0 or not self.pipe.vae.use_slicing
-                nothing_compiles = self.regions is not None and self.regions.compiled == 0
-                with capturing_without_running() if nothing_compiles else contextlib.nullcontext():
-                    self.generate(prompts, seeds=list(range(batch)), width=width, height=height, steps=1, decode=decode)
+                self.generate(prompts, seeds=list(range(batch)), width=width, height=height, steps=1, decode=decode)
         self.prompt_cache.clear()
         if self.device.type == "cuda":  # the GPU runs behind the CPU (captures do not wait for it): done means done
             torch.cuda.synchronize(self.device)
