@@ -1,4 +1,5 @@
 #!/bin/bash
+# Ran from benchmarks/results/2026-12-02-h200-regions-carried/next-runs/, whose files are now in call-a/ and call-b/ here.
 # Session 26: the copy of HEAD that call A compares with HEAD (precompiled.py stays byte-identical: its source is in
 # the regions' digest, so the copy finds the regions HEAD's start loads). Its CUDA graph runner captures each shape
 # after the first without the eager call (VORTEX_DIAG_SKIP_EAGER=1: the capturing call's result from a replay;
