@@ -71,8 +71,9 @@ class FluxConfig(BaseModel):
         "(compiled at replica start, before it serves; fused kernels, far fewer launches). precompiled: the "
         "same regions, each saved whole once compiled, under compile_cache_dir's vortex-regions folder (torch's "
         "experimental precompile API, torch 2.9+), so that a replica which finds them loads them instead of "
-        "tracing them again (fp8 profile, H200: a replica reading its weights from local disk is ready 24.6-27.7 s "
-        "after Serve schedules it; the autoscaler's scale-up to the new replica's first answer took 29-33 s, "
+        "tracing them again (fp8 profile, H200: a replica reading its weights from local disk was ready 17.7-22.7 s "
+        "after Serve scheduled it, in an image without packages the service does not use (README); the "
+        "autoscaler's scale-up to the new replica's first answer took 29-33 s, "
         "regional's 90 s; but the first replica on an empty folder takes 270-380 s, regional's 148 s). Not with "
         "nf4; with vae_tile_size the decoder is compiled as with regional, not saved.",
     )
