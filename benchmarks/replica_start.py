@@ -91,9 +91,12 @@ def start_replica_engine(
     with imports_without_collections() if mode != "diffusers" else contextlib.nullcontext():
         import torch
 
-        from deployments.engines.preload import start_reading
+        from deployments.engines.preload import start_reading, use_compile_cache_dir
 
-        early_weights = start_reading(config) if mode != "diffusers" else None
+        early_weights = None
+        if mode != "diffusers":
+            use_compile_cache_dir(config)
+            early_weights = start_reading(config)
         from deployments.engines.cuda_graphs import CudaGraphRunner
         from deployments.engines.flux import FluxEngine
         from deployments.engines.random_models import full_size_flux_pipeline, tiny_flux_pipeline

@@ -71,9 +71,9 @@ class FluxConfig(BaseModel):
         "(compiled at replica start, before it serves; fused kernels, far fewer launches). precompiled: the "
         "same regions, each saved whole once compiled, under compile_cache_dir's vortex-regions folder (torch's "
         "experimental precompile API, torch 2.9+), so that a replica which finds them loads them instead of "
-        "tracing them again (fp8 profile, H200: a replica reading its weights from local disk was ready 17.7-22.7 s "
-        "after Serve scheduled it, in an image without packages the service does not use (README); the "
-        "autoscaler's scale-up to the new replica's first answer took 29-33 s, "
+        "tracing them again (fp8 profile, H200: a replica reading its weights from local disk was ready 17.7-25.8 s "
+        "after Serve scheduled it, depending on the host, in an image without packages the service does not use "
+        "(README); the autoscaler's scale-up to the new replica's first answer took 29-33 s, "
         "regional's 90 s; but the first replica on an empty folder takes 270-380 s, regional's 148 s). Not with "
         "nf4; with vae_tile_size the decoder is compiled as with regional, not saved.",
     )
@@ -88,11 +88,13 @@ class FluxConfig(BaseModel):
     )
     compile_cache_dir: str | None = Field(
         None,
-        description="Where torch.compile keeps compiled kernels (TORCHINDUCTOR_CACHE_DIR), and `compile: "
-        "precompiled` its regions (in vortex-regions/), so that a restarted or added replica compiles nothing. On a "
-        "cluster, a volume every node mounts starts new replicas warm anywhere. Keep the folder whole: the regions "
-        "alone still autotune (23-27 s on an H200): inductor keeps its choices in the rest. null: torch's default "
-        "under /tmp, per host.",
+        description="Where torch.compile keeps compiled kernels (TORCHINDUCTOR_CACHE_DIR), `compile: "
+        "precompiled` its regions (in vortex-regions/), and the CUDA driver the kernels it compiles from PTX at their "
+        "first launch (in cuda-jit/, unless CUDA_CACHE_PATH is set), so that a restarted or added replica compiles "
+        "nothing. On a cluster, a volume every node mounts starts new replicas warm anywhere. Keep the folder whole: "
+        "the regions alone still autotune (23-27 s on an H200): inductor keeps its choices in the rest; without "
+        "cuda-jit/ a host's first replica took 2.3-2.6 s to capture CLIP's text encoder, not 0.3-0.5. null: "
+        "torch's default under /tmp and the driver's under ~/.nv, per host.",
     )
     vae_tile_size: int = Field(
         0,

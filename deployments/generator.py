@@ -54,8 +54,9 @@ class FluxGenerator(BatchingReplica):
 
         start = time.perf_counter()
         with imports_without_collections():
-            from deployments.engines.preload import start_reading  # torch and safetensors
+            from deployments.engines.preload import start_reading, use_compile_cache_dir  # torch and safetensors
 
+            use_compile_cache_dir(config)  # before the process's first CUDA call
             # An fp8 engine's transformer blocks and T5 go to the GPU while diffusers and transformers import.
             early_weights = start_reading(config)
             from deployments.engines.flux import FluxEngine

@@ -19,7 +19,7 @@ from deployments.engines.flux_loading import HostEmbedding, assign_block_weights
 from deployments.engines.flux_speedups import fuse_qkv_projections
 from deployments.engines.fp8 import float8_linears
 from deployments.engines.precompiled import RegionStore
-from deployments.engines.preload import start_reading
+from deployments.engines.preload import start_reading, use_compile_cache_dir
 from deployments.engines.random_models import clip_bpe_tokenizer, t5_standin_tokenizer, tiny_flux_pipeline
 
 TINY = {"random_weights": "tiny", "precision": "fp32", "device": "cpu", "min_side": 64}
@@ -281,6 +281,22 @@ def test_cublas_workspace_is_set_before_the_first_matmul_unless_the_operator_set
     monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":16:8")
     FluxEngine.load(FluxConfig(**TINY, cublas_workspace_mib=4))
     assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":16:8"
+
+
+def test_compile_cache_dir_keeps_inductors_and_the_cuda_drivers_compiled_kernels(monkeypatch, tmp_path):
+    """compile_cache_dir reaches Inductor (TORCHINDUCTOR_CACHE_DIR) and the CUDA driver's cache of kernels compiled
+    from PTX (CUDA_CACHE_PATH, its cuda-jit folder), so that both travel with the folder; an operator's own
+    CUDA_CACHE_PATH wins."""
+    for name in ("TORCHINDUCTOR_CACHE_DIR", "CUDA_CACHE_PATH"):
+        monkeypatch.setenv(name, "restored after the test")
+        monkeypatch.delenv(name)
+    config = FluxConfig(**TINY, compile_cache_dir=str(tmp_path))
+    use_compile_cache_dir(config)
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path)
+    assert os.environ["CUDA_CACHE_PATH"] == str(tmp_path / "cuda-jit")
+    monkeypatch.setenv("CUDA_CACHE_PATH", "/var/cache/cuda")
+    use_compile_cache_dir(config)
+    assert os.environ["CUDA_CACHE_PATH"] == "/var/cache/cuda"
 
 
 def test_t5_looking_its_tokens_up_in_host_memory_encodes_prompts_the_same():

@@ -23,7 +23,7 @@ from deployments.engines.cuda_graphs import CudaGraphRunner
 from deployments.engines.flux_loading import load_flux_pipeline
 from deployments.engines.flux_speedups import optimize_pipeline, region_store
 from deployments.engines.precompiled import RegionStore
-from deployments.engines.preload import EarlyWeights
+from deployments.engines.preload import EarlyWeights, use_compile_cache_dir
 from deployments.engines.previews import LatentPreviewer
 from deployments.vram import GIB
 
@@ -93,8 +93,8 @@ class FluxEngine:
         `warmup_sizes` (default: 512x512 or the nearest allowed side) at each batch size, before it serves.
         `early_weights`: what `preload.start_reading(config)` began reading before this module was imported."""
         device = resolve_device(config.device)
-        if config.compile_cache_dir:  # read by inductor whenever it compiles: set before the first compile
-            os.environ["TORCHINDUCTOR_CACHE_DIR"] = config.compile_cache_dir
+        # Inductor's part counts from here; the driver's only where CUDA is still unused (FluxGenerator calls it first).
+        use_compile_cache_dir(config)
         if config.cublas_workspace_mib:  # read once, at the process's first cuBLAS call
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", f":{config.cublas_workspace_mib * 1024}:1")
         regions = region_store(config)  # with `compile: precompiled`
