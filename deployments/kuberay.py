@@ -11,8 +11,9 @@
 - the project installed in the image (`--image`: the project's `pip install .` on top of
   `rayproject/ray` of the same Ray version);
 - one ReadWriteMany volume (`--models-claim`) at /models on every pod for the Hugging Face cache
-  (`HF_HOME`) and Inductor's compile cache (`TORCHINDUCTOR_CACHE_DIR`), so a new replica on any
-  node finds the weights and the compiled kernels;
+  (`HF_HOME`), Inductor's compile cache (`TORCHINDUCTOR_CACHE_DIR`) and, in it, the CUDA driver's cache of
+  kernels it compiles from PTX (`CUDA_CACHE_PATH`), so a new replica on any node finds the weights and the
+  compiled kernels;
 - API keys from a Kubernetes Secret (`--api-keys-secret`, key `keys`, comma-separated) as
   `VORTEX_API_KEYS`, which the replicas read;
 - readiness on the service's `/readyz` and liveness on `/healthz` (port 8000, every pod runs a proxy).
@@ -54,6 +55,7 @@ def container(name: str, image: str, start: str, resources: dict, api_keys_secre
         "env": [
             {"name": "HF_HOME", "value": f"{MODELS}/huggingface"},
             {"name": "TORCHINDUCTOR_CACHE_DIR", "value": f"{MODELS}/torchinductor"},
+            {"name": "CUDA_CACHE_PATH", "value": f"{MODELS}/torchinductor/cuda-jit"},
             {
                 "name": "VORTEX_API_KEYS",
                 "valueFrom": {"secretKeyRef": {"name": api_keys_secret, "key": "keys"}},

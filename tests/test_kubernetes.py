@@ -59,6 +59,7 @@ def test_the_manifest_serves_the_production_config_on_gpu_workers_that_advertise
         env = {variable["name"]: variable for variable in container["env"]}
         assert env["VORTEX_API_KEYS"]["valueFrom"]["secretKeyRef"]["key"] == "keys"
         assert env["HF_HOME"]["value"].startswith("/models/") and env["TORCHINDUCTOR_CACHE_DIR"]["value"]
+        assert env["CUDA_CACHE_PATH"]["value"].startswith(env["TORCHINDUCTOR_CACHE_DIR"]["value"])  # one folder
         assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
         assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
         assert pod["volumes"][0]["persistentVolumeClaim"]["claimName"]
