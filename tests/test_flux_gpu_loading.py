@@ -4,14 +4,17 @@ The checkpoint is the full-size FLUX.1-schnell architecture with seeded random w
 diffusers folder (safetensors) first. Run: `pytest -m gpu -s tests/`.
 """
 
+import os
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import PROMPT, SIDE, assert_same_weights, free_cuda, generate, report
+from conftest import PROMPT, REPO, SIDE, assert_same_weights, free_cuda, generate, report
 from deployments.config import FluxConfig
 from deployments.engines.flux import FluxEngine
 from deployments.engines.preload import EarlyWeights, start_reading
@@ -146,3 +149,17 @@ def test_fp8_weights_read_ahead_match_the_copied_load(saved_checkpoint):
     finally:
         del engines
         free_cuda()
+
+
+def test_a_replica_process_keeps_the_cuda_drivers_jit_cache_in_compile_cache_dir(tmp_path):
+    """A process that calls `use_compile_cache_dir` before its first CUDA call, as FluxGenerator does, gets the driver's
+    cache of kernels compiled from PTX in compile_cache_dir/cuda-jit (the driver creates it at its start), so that the
+    cache travels with the folder instead of staying in the host's ~/.nv."""
+    code = (
+        "from deployments.config import FluxConfig; from deployments.engines.preload import use_compile_cache_dir; "
+        f"use_compile_cache_dir(FluxConfig(random_weights='tiny', compile_cache_dir={str(tmp_path)!r})); "
+        "import torch; torch.ones(1, device='cuda').sum().item()"
+    )
+    environment = {name: value for name, value in os.environ.items() if name != "CUDA_CACHE_PATH"}
+    subprocess.run([sys.executable, "-c", code], check=True, env=environment, cwd=REPO)
+    assert (tmp_path / "cuda-jit").is_dir()
