@@ -16,8 +16,9 @@ new replica's would, and is timed from the process's start (imports included) to
   the directory.
 
 The baseline is plain diffusers: the same architecture, built the same way, eager, which compiles
-nothing. After the warm start the child generates once at every shape and records whether anything
-was compiled or captured (it must not be), and how long each first request took. Weights are the
+nothing. After the warm start the child generates once at every size for every number of images a request
+may ask for (`limits.max_images`; above the batch size the engine runs them in parts) and records whether
+anything was compiled or captured (it must not be), and how long each first request took. Weights are the
 full-size architecture with seeded random weights, built on the GPU (`random_weights: full`), or with
 `--model DIR` read from a diffusers folder on local disk as a replica reads its checkpoint (plain
 diffusers then loads the same folder): a real FLUX.1-schnell, or the full-size random one that
@@ -98,7 +99,7 @@ def start_replica_engine(
             use_compile_cache_dir(config)
             early_weights = start_reading(config)
         from deployments.engines.cuda_graphs import CudaGraphRunner
-        from deployments.engines.flux import FluxEngine
+        from deployments.engines.flux import FluxEngine, TransformerInParts
         from deployments.engines.random_models import full_size_flux_pipeline, tiny_flux_pipeline
         from deployments.vram import GIB
 
@@ -135,7 +136,10 @@ def start_replica_engine(
     ready_s = time.perf_counter() - PROCESS_START
     cuda = torch.cuda.is_available()
     pipe, regions = engine.pipe, engine.regions
-    runners = [pipe.transformer.forward, pipe.text_encoder.forward, pipe.text_encoder_2.forward, pipe.vae._decode]
+    transformer = pipe.transformer.forward
+    if isinstance(transformer, TransformerInParts):  # installed with the warm-up
+        transformer = transformer.function
+    runners = [transformer, pipe.text_encoder.forward, pipe.text_encoder_2.forward, pipe.vae._decode]
     result = {
         "mode": mode,
         "shapes": len(sizes) * len(batches),
@@ -172,8 +176,8 @@ def start_replica_engine(
 
     compiled, captured = compiled_and_captured()
     first_request_s = {}
-    for width, height in sizes:
-        for batch in batches:
+    for width, height in sizes:  # every number of images a request may ask for: above the batch size, in parts
+        for batch in range(1, max(batches[-1], args.limits.max_images) + 1):
             prompts = [f"first request at {width}x{height}, image {i} of {batch}" for i in range(batch)]
             start = time.perf_counter()
             engine.generate(prompts, seeds=list(range(batch)), width=width, height=height)

@@ -180,7 +180,9 @@ def step_kernels(engine, width: int, height: int) -> dict[str, float]:
         engine.generate(prompt(0), seeds=[0], width=width, height=height, steps=1)
     finally:
         hook.remove()
-    forward = getattr(transformer.forward, "function", transformer.forward)  # under the CudaGraphRunner
+    forward = transformer.forward
+    while hasattr(forward, "function"):  # under the engine's TransformerInParts and CudaGraphRunner
+        forward = forward.function
     activities = [ProfilerActivity.CUDA] if torch.cuda.is_available() else [ProfilerActivity.CPU]
     with torch.inference_mode(), profile(activities=activities) as profiler:
         forward(*step["args"], **step["kwargs"])

@@ -295,8 +295,9 @@ class BatchLimits(BaseModel):
 
     max_batch_size: int = Field(
         ge=1,
-        description="The generator: images per forward pass. The verifier: requests per pass. 1 serves each "
-        "request alone.",
+        description="The generator: images per forward pass (a request for more runs alone, in passes of this "
+        "many where the generator compiles or captures). The verifier: requests per pass. 1 serves each request "
+        "alone.",
     )
     batch_wait_timeout_s: float = Field(
         0.0,
@@ -315,7 +316,9 @@ class BatchingConfig(BaseModel):
         default_factory=lambda: BatchLimits(max_batch_size=4),
         description="Requests with the same size, steps and negative prompt share one forward pass while their "
         "images fit in `max_batch_size`. With `flux.compile` or `flux.cuda_graphs`, a replica compiles and "
-        "captures every size at every batch size before it serves.",
+        "captures every size at every batch size before it serves, and runs a request for more images in parts "
+        "of `max_batch_size`: each batch size costs every replica's start one capture per size, and beyond 2 "
+        "images saves 1-6% of the time per image on an H200.",
     )
     verifier: BatchLimits = Field(
         default_factory=lambda: BatchLimits(max_batch_size=16),
@@ -343,7 +346,12 @@ class ImageLimits(BaseModel):
         description="WIDTHxHEIGHT sizes offered, the first the default (a request's `size: auto`); each side a "
         "multiple of 16 within flux.min_side..max_side.",
     )
-    max_images: int = Field(4, ge=1, description="Largest `n` of a request.")
+    max_images: int = Field(
+        4,
+        ge=1,
+        description="Largest `n` of a request. Above batching.generator.max_batch_size its images are generated in "
+        "parts of that many per transformer pass (where the generator compiles or captures; otherwise in one).",
+    )
     default_steps: int = Field(4, ge=1, description="Denoising steps when a request names neither steps nor quality.")
     max_steps: int = Field(8, ge=1, description="Largest `num_inference_steps` of a request.")
     quality_steps: dict[Literal["low", "medium", "high"], int] = Field(
@@ -461,12 +469,7 @@ class AppArgs(BaseModel):
     def _every_shape_is_warmed_up(self) -> "AppArgs":
         """No request pays for compilation: a generator replica compiles and captures every size it offers at
         every batch size it forms before it serves, and refuses to start where that cannot be done."""
-        batch = self.batching.generator.max_batch_size
-        if self.limits.max_images > batch:
-            raise ValueError(
-                f"limits.max_images: {self.limits.max_images} is above batching.generator.max_batch_size ({batch}); "
-                "a request's images are generated in one forward pass"
-            )
+        batch = self.batching.generator.max_batch_size  # a request for more images runs in parts of this many
         shapes = len(self.limits.sizes) * batch
         if self.flux.cuda_graphs and self.flux.cuda_graphs < shapes:
             raise ValueError(

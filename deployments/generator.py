@@ -2,9 +2,10 @@
 
 Concurrent requests are batched: those with the same size, steps and negative prompt share one
 forward pass of up to `max_batch_size` images, each image with its own prompt and seed. Every size
-the service offers is compiled and captured at every batch size before the replica serves. A batch
-changes the GEMM shapes, so a batched image can differ in its last bits from the same request served
-alone.
+the service offers is compiled and captured at every batch size before the replica serves; a request
+for more images than a batch holds is served alone, its transformer passes in parts of the batch
+size (`engines/flux.py`, `TransformerInParts`). A batch changes the GEMM shapes, so a batched image
+can differ in its last bits from the same request served alone.
 
 The batch is formed when the engine becomes free, from every request waiting by then. Serve's
 `@serve.batch` (2.60) forms the next batch as soon as the running one starts, from whatever arrived

@@ -53,7 +53,8 @@ def test_replica_start_rehearsal_warms_every_shape_so_requests_compile_nothing(c
     results = rehearse_in_process(capsys, tmp_path, "replica_start")["results"]
     assert [row["mode"] for row in results] == ["diffusers", "cold", "warm"]
     for row in results[1:]:
-        assert row["shapes"] == 8 and len(row["first_request_s"]) == 8  # 2 sizes x batches of 1-4 images
+        # 2 sizes x the profile's batches of 1-2 images; first requests for 1-4 images (limits.max_images)
+        assert row["shapes"] == 4 and len(row["first_request_s"]) == 8
         assert row["compiled_on_requests"] == 0 and row["captured_on_requests"] == 0
         # The startup heap is collected once and frozen, as in a replica: the freeze's collection is reported.
         assert set(row["full_collections_s"]) == {"load and warm-up", "freeze", "first requests"}

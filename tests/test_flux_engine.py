@@ -14,7 +14,7 @@ import torch
 from conftest import assert_same_weights
 from deployments.config import FluxConfig
 from deployments.engines.common import ModelFilesMissingError
-from deployments.engines.flux import FluxEngine, to_uint8_pixels
+from deployments.engines.flux import FluxEngine, TransformerInParts, to_uint8_pixels
 from deployments.engines.flux_loading import HostEmbedding, assign_block_weights
 from deployments.engines.flux_speedups import fuse_qkv_projections
 from deployments.engines.fp8 import float8_linears
@@ -156,6 +156,40 @@ def test_offline_hub_id_not_in_cache_fails_with_a_clear_message(tmp_path):
 def test_random_weights_cannot_take_the_loading_only_options():
     with pytest.raises(ValueError, match="random_weights builds the model in memory"):
         FluxConfig(random_weights="full", precision="nf4")
+
+
+def test_more_images_than_the_warmed_up_batch_run_in_parts_with_one_set_of_events(flux):
+    """An engine that warmed up batches of up to 2 images (as a replica with max_batch_size 2 does) generates a
+    request for 3 in transformer passes of 2 and 1: the shapes it captured. Each image is what the part's batch
+    draws, and the caller hears each step once and gets previews of all 3 images."""
+    engine = FluxEngine.load(FluxConfig(**TINY))
+    whole = engine.pipe.transformer.forward
+    passes = []
+
+    def counted(**kwargs):
+        passes.append(len(kwargs["hidden_states"]))
+        return whole(**kwargs)
+
+    engine.pipe.transformer.forward = TransformerInParts(counted, 2)
+    steps, previews = [], []
+    prompts = ["a red fox", "a blue jay", "a grey owl"]
+    images = engine.generate(
+        prompts,
+        seeds=[1, 2, 3],
+        width=64,
+        height=64,
+        on_step=lambda step, total: steps.append(step),
+        preview_steps={2},
+        on_preview=lambda step, pixels: previews.append(pixels.shape[0]),
+    )
+    assert passes == [2, 1] * 4 and steps == [1, 2, 3, 4] and previews == [3]
+    separately = torch.cat(
+        [
+            flux.generate(prompts[:2], seeds=[1, 2], width=64, height=64),
+            flux.generate(prompts[2:], seeds=[3], width=64, height=64),
+        ]
+    )
+    torch.testing.assert_close(images, separately, atol=1e-5, rtol=0)
 
 
 def test_fused_qkv_projections_draw_the_same_image(flux):

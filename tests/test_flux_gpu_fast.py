@@ -64,7 +64,8 @@ def test_fp8_engine_stays_close_to_bf16(reference_and_fast_engine):
 
 
 def test_no_request_compiles_or_captures_after_warm_up(reference_and_fast_engine):
-    """A replica warms up every offered size at every batch size: requests of those shapes reuse what it built."""
+    """A replica warms up every offered size at every batch size: requests of those shapes reuse what it built, and
+    requests for more images than a batch holds run in parts of those shapes."""
     _, engine = reference_and_fast_engine
     engine.pipe = None
     free_cuda()
@@ -72,7 +73,7 @@ def test_no_request_compiles_or_captures_after_warm_up(reference_and_fast_engine
     config = FluxConfig(random_weights="full", precision="fp8", device="cuda", **{**FAST, "cuda_graphs": 4})
     fp8 = FluxEngine.load(config, warmup_sizes=sizes, warmup_batch_sizes=batches)
     runners = {
-        "transformer": fp8.pipe.transformer.forward,
+        "transformer": fp8.pipe.transformer.forward.function,  # under TransformerInParts
         "VAE": fp8.pipe.vae._decode,
         "CLIP": fp8.pipe.text_encoder.forward,
         "T5": fp8.pipe.text_encoder_2.forward,
@@ -82,7 +83,7 @@ def test_no_request_compiles_or_captures_after_warm_up(reference_and_fast_engine
     assert captured == {"transformer": 4, "VAE": 2, "CLIP": 1, "T5": 1}
     compiled = torch._dynamo.utils.counters["stats"]["unique_graphs"]
     for width, height in sizes:
-        for batch in batches:
+        for batch in (*batches, 3, 4):
             prompts = [f"a request of {batch} at {width}x{height}, image {i}" for i in range(batch)]
             fp8.generate(prompts, seeds=list(range(batch)), width=width, height=height)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == compiled

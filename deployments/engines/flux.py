@@ -90,7 +90,8 @@ class FluxEngine:
         early_weights: EarlyWeights | None = None,
     ) -> "FluxEngine":
         """Load the model; with `compile` or `cuda_graphs`, also compile and capture every (width, height) of
-        `warmup_sizes` (default: 512x512 or the nearest allowed side) at each batch size, before it serves.
+        `warmup_sizes` (default: 512x512 or the nearest allowed side) at each batch size, before it serves, and
+        from then on run the transformer on at most the largest of `warmup_batch_sizes` images at a time.
         `early_weights`: what `preload.start_reading(config)` began reading before this module was imported."""
         device = resolve_device(config.device)
         # Inductor's part counts from here; the driver's only where CUDA is still unused (FluxGenerator calls it first).
@@ -130,6 +131,7 @@ class FluxEngine:
             if config.compile != "none" or config.cuda_graphs:
                 side = min(max(512, config.min_side), config.max_side)
                 sizes = list(warmup_sizes or [(side, side)])
+                pipe.transformer.forward = TransformerInParts(pipe.transformer.forward, max(warmup_batch_sizes))
                 start = time.perf_counter()
                 engine.warm_up(sizes, warmup_batch_sizes)
                 engine.startup_s["warm-up"] = time.perf_counter() - start
@@ -327,6 +329,38 @@ class FluxEngine:
             count = len(tokenizer(prompt, verbose=False).input_ids)
             if count > limit:
                 logger.warning("Prompt is %d %s tokens; %s reads only the first %d.", count, name, name, limit)
+
+
+class TransformerInParts:
+    """The transformer's forward, on at most `images` images per call: a larger batch runs in parts of that many
+    images (the last one smaller), whose shapes the warm-up compiled and captured, so a request for more images
+    than a replica warmed up compiles and captures nothing. Each image is computed as in a batch of its part's
+    size. Only the transformer's inputs and output have a batch dimension that it splits: the text encoders take
+    one prompt at a time and the decoder one image at a time when compiled (`flux_speedups.optimize_pipeline`).
+
+    Why parts rather than more shapes: on an H200 the fp8 transformer took 1-6% more time per image in batches of 2
+    than of 4 (one 1024x1024 image already fills the card), while each batch size costs every replica's start a
+    capture per size (docs/performance.md). Called as FluxPipeline calls it: keyword arguments, `return_dict=False`.
+    """
+
+    BATCHED = ("hidden_states", "encoder_hidden_states", "pooled_projections", "timestep", "guidance")
+
+    def __init__(self, forward: Callable, images: int) -> None:
+        self.function = forward
+        self.images = images
+
+    def __call__(self, **kwargs: object) -> tuple[torch.Tensor]:
+        batch = len(kwargs["hidden_states"])
+        if batch <= self.images:
+            return self.function(**kwargs)
+        parts = []
+        for start in range(0, batch, self.images):
+            part = {
+                name: value[start : start + self.images] if name in self.BATCHED and value is not None else value
+                for name, value in kwargs.items()
+            }
+            parts.append(self.function(**part)[0])
+        return (torch.cat(parts),)
 
 
 def _step_callback(
