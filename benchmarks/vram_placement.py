@@ -274,7 +274,7 @@ def main() -> None:
             raise
         first_replicas = {r["replica_id"] for r in replicas(dashboard, "FluxGenerator")}
         print("deployed; generator replicas:", first_replicas, flush=True)
-        # Enough clients to keep two replicas' batches full (max_batch_size 4 each).
+        # Enough clients to keep two replicas' batches full (the profile's max_batch_size: 2, with more queued).
         load = load_until_scaled(
             dashboard, clients=6 if rehearse else 12, max_requests=3000, timeout_s=240, hold_s=args.hold_s
         )

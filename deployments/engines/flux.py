@@ -338,7 +338,7 @@ class TransformerInParts:
     size. Only the transformer's inputs and output have a batch dimension that it splits: the text encoders take
     one prompt at a time and the decoder one image at a time when compiled (`flux_speedups.optimize_pipeline`).
 
-    Why parts rather than more shapes: on an H200 the fp8 transformer took 1-6% more time per image in batches of 2
+    Why parts rather than more shapes: on an H200 the fp8 transformer took 0-5% more time per image in passes of 2
     than of 4 (one 1024x1024 image already fills the card), while each batch size costs every replica's start a
     capture per size (docs/performance.md). Called as FluxPipeline calls it: keyword arguments, `return_dict=False`.
     """
