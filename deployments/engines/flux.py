@@ -335,8 +335,8 @@ class TransformerInParts:
     """The transformer's forward, on at most `images` images per call: a larger batch runs in parts of that many
     images (the last one smaller), whose shapes the warm-up compiled and captured, so a request for more images
     than a replica warmed up compiles and captures nothing. Each image is computed as in a batch of its part's
-    size. Only the transformer's inputs and output have a batch dimension that it splits: the text encoders take
-    one prompt at a time and the decoder one image at a time when compiled (`flux_speedups.optimize_pipeline`).
+    size. Only the transformer's inputs and output have a batch dimension that it splits: graphed text encoders
+    take one prompt at a time, and a compiled or graphed decoder one image (`flux_speedups.optimize_pipeline`).
 
     Why parts rather than more shapes: on an H200 the fp8 transformer took 0-5% more time per image in passes of 2
     than of 4 (one 1024x1024 image already fills the card), while each batch size costs every replica's start a

@@ -28,11 +28,13 @@ def optimize_pipeline(pipe: FluxPipeline, config: FluxConfig, regions: RegionSto
     `compile: precompiled`, `regions` is the engine's `region_store`."""
     if config.fuse_qkv and config.precision != "fp8":  # fp8 fused before quantizing, at load
         fuse_qkv_projections(pipe.transformer)
-    if config.compile != "none":
-        # The decoder is one region, compiled per image size: images are decoded one at a time (once compiled,
-        # as fast as a whole batch on an H100), so a new batch size does not compile it again. Tiles come in
-        # several shapes per size (the last row and column are narrower): one dynamic-shape compile serves them.
+    if config.compile != "none" or config.cuda_graphs:
+        # Images are decoded one at a time (once compiled, as fast as a whole batch on an H100), so a new batch size
+        # neither compiles nor captures the decoder again.
         pipe.vae.enable_slicing()
+    if config.compile != "none":
+        # The decoder is one region, compiled per image size. Tiles come in several shapes per size (the last row
+        # and column are narrower): one dynamic-shape compile serves them.
         if config.compile == "precompiled":
             if regions is None:
                 raise ValueError("compile: precompiled needs the engine's region store (region_store(config))")
@@ -50,9 +52,9 @@ def optimize_pipeline(pipe: FluxPipeline, config: FluxConfig, regions: RegionSto
         if not config.text_encoder_offload:  # streamed weights cannot be replayed from fixed addresses
             pipe.text_encoder.forward = CudaGraphRunner(pipe.text_encoder.forward, config.cuda_graphs)
             pipe.text_encoder_2.forward = CudaGraphRunner(pipe.text_encoder_2.forward, config.cuda_graphs)
-        # `_decode` is what `decode` calls once per image when it slices a batch (compiled): one graph per image
-        # size serves every batch size, where graphing `decode` took one per size and batch size (at the fp8
-        # profile's start, 15 more captures, each after an eager decode of the whole batch).
+        # `_decode` is what `decode` calls once per image when it slices a batch: one graph per image size serves
+        # every batch size, where graphing `decode` took one per size and batch size (at the fp8 profile's start,
+        # 15 more captures, each after an eager decode of the whole batch).
         pipe.vae._decode = CudaGraphRunner(pipe.vae._decode, config.cuda_graphs)
 
 
