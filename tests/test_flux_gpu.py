@@ -79,3 +79,21 @@ def test_out_of_memory_is_a_typed_error_and_the_engine_recovers(bf16_engine):
     del filler
     free_cuda()
     assert generate(bf16_engine).shape == (1, 3, SIDE, SIDE)
+
+
+def test_a_request_above_the_warmed_up_batch_replays_the_captured_graphs_in_parts(bf16_engine):
+    """A graphed engine warmed up for batches of 1-2 images serves a request for 4 as two replays of the batch-2
+    transformer graphs and four of the decoder's one-image graph: nothing is captured on the request, and its images
+    are those of the same prompts requested 2 at a time, bit for bit."""
+    bf16_engine.pipe = None  # two full-size engines would not fit a smaller card
+    free_cuda()
+    config = FluxConfig(random_weights="full", precision="bf16", device="cuda", cuda_graphs=2)
+    engine = FluxEngine.load(config, warmup_batch_sizes=(1, 2))  # 512x512, no compile: graphs only
+    runners = {"transformer": engine.pipe.transformer.forward.function, "decoder": engine.pipe.vae._decode}
+    assert {name: len(runner) for name, runner in runners.items()} == {"transformer": 2, "decoder": 1}
+    prompts = [f"{PROMPT}, variation {i}" for i in range(4)]
+    images = engine.generate(prompts, seeds=[1, 2, 3, 4], width=SIDE, height=SIDE)
+    assert {name: len(runner) for name, runner in runners.items()} == {"transformer": 2, "decoder": 1}
+    assert torch.equal(images[2:], engine.generate(prompts[2:], seeds=[3, 4], width=SIDE, height=SIDE))
+    del engine
+    free_cuda()
