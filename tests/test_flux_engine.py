@@ -192,6 +192,13 @@ def test_more_images_than_the_warmed_up_batch_run_in_parts_with_one_set_of_event
     torch.testing.assert_close(images, separately, atol=1e-5, rtol=0)
 
 
+def test_an_engine_whose_caller_warms_it_up_runs_its_batches_whole():
+    """`benchmarks.flux_speed` loads a compiled engine without warm-up batch sizes and warms up the batches it then
+    times (up to 8 images): the transformer is not split for it."""
+    engine = FluxEngine.load(FluxConfig(**TINY, compile="regional"), warmup_batch_sizes=())
+    assert not isinstance(engine.pipe.transformer.forward, TransformerInParts)
+
+
 def test_fused_qkv_projections_draw_the_same_image(flux):
     fused = FluxEngine.load(FluxConfig(**TINY, fuse_qkv=True))
     reference = flux.generate("a red fox", seeds=[5], width=64, height=64)

@@ -90,8 +90,8 @@ class FluxEngine:
         early_weights: EarlyWeights | None = None,
     ) -> "FluxEngine":
         """Load the model; with `compile` or `cuda_graphs`, also compile and capture every (width, height) of
-        `warmup_sizes` (default: 512x512 or the nearest allowed side) at each batch size, before it serves, and
-        from then on run the transformer on at most the largest of `warmup_batch_sizes` images at a time.
+        `warmup_sizes` (default: 512x512 or the nearest allowed side) at each of `warmup_batch_sizes`, before it
+        serves, and from then on run the transformer on at most the largest of them at a time.
         `early_weights`: what `preload.start_reading(config)` began reading before this module was imported."""
         device = resolve_device(config.device)
         # Inductor's part counts from here; the driver's only where CUDA is still unused (FluxGenerator calls it first).
@@ -131,7 +131,8 @@ class FluxEngine:
             if config.compile != "none" or config.cuda_graphs:
                 side = min(max(512, config.min_side), config.max_side)
                 sizes = list(warmup_sizes or [(side, side)])
-                pipe.transformer.forward = TransformerInParts(pipe.transformer.forward, max(warmup_batch_sizes))
+                if warmup_batch_sizes:  # none: the caller warms up itself, at the batches it will run
+                    pipe.transformer.forward = TransformerInParts(pipe.transformer.forward, max(warmup_batch_sizes))
                 start = time.perf_counter()
                 engine.warm_up(sizes, warmup_batch_sizes)
                 engine.startup_s["warm-up"] = time.perf_counter() - start
