@@ -161,7 +161,13 @@ def start_replica_engine(
         "full_collections_s": {"load and warm-up": collections_in_start_s, "freeze": freeze_s},
         "precompiled_regions": None
         if regions is None
-        else {"loaded": regions.loaded, "compiled": regions.compiled, "s": regions.seconds},
+        else {
+            "loaded": regions.loaded,
+            "read_ahead": regions.read_ahead,
+            "read_unused": regions.read_unused,
+            "compiled": regions.compiled,
+            "s": regions.seconds,
+        },
         "allocated_gib": torch.cuda.memory_allocated() / GIB if cuda else 0.0,
         "reserved_gib": torch.cuda.memory_reserved() / GIB if cuda else 0.0,
         "peak_reserved_gib": torch.cuda.max_memory_reserved() / GIB if cuda else 0.0,  # while loading and warming up

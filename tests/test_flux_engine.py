@@ -287,7 +287,7 @@ def test_precompiled_regions_compile_once_and_a_restarted_replica_loads_them(tmp
 
     for blocks, compiled, loaded in (([block, other, transposed], 2, 0), (restarted_blocks, 0, 2)):
         store = RegionStore(tmp_path)
-        with store.prefetching():  # as an engine loads and warms up: saved regions load on a thread
+        with store.prefetching("one plan"):  # as an engine loads and warms up: saved regions load on a thread
             for b in blocks:
                 store.install(b)
             installed = blocks[0].forward
@@ -295,9 +295,45 @@ def test_precompiled_regions_compile_once_and_a_restarted_replica_loads_them(tmp
             assert blocks[0].forward is installed
             with torch.inference_mode():
                 outputs = [blocks[0](**inputs), blocks[1](**sliced), blocks[2](**inputs)]
-        assert (store.compiled, store.loaded) == (compiled, loaded)
+        assert (store.compiled, store.loaded, store.read_ahead) == (compiled, loaded, loaded)
         torch.testing.assert_close(outputs, expected, atol=1e-5, rtol=1e-5)
     assert len(list(tmp_path.iterdir())) == 2
+
+
+def test_a_replica_reads_ahead_only_the_regions_its_warm_up_asked_for_last_time(tmp_path):
+    """A folder keeps the regions of every size and batch a deployment ever served. A replica whose warm-up changed
+    (here: one of two shapes left) loads what it asks for on its first start, and from its second start on reads
+    ahead exactly those, not the other plan's, which that plan still reads ahead."""
+    block = tiny_flux_pipeline().transformer.single_transformer_blocks[0].eval()
+    generator = torch.Generator().manual_seed(0)
+    with torch.inference_mode():
+        shapes = [
+            {
+                "hidden_states": torch.randn(batch, 16, 32, generator=generator),
+                "encoder_hidden_states": torch.randn(batch, 8, 32, generator=generator),
+                "temb": torch.randn(batch, 32, generator=generator),
+                "image_rotary_emb": (
+                    torch.randn(24, 16, generator=generator),
+                    torch.randn(24, 16, generator=generator),
+                ),
+            }
+            for batch in (1, 2)
+        ]
+
+    def start(plan: str, inputs: list[dict]) -> tuple[int, int, int, int]:
+        store = RegionStore(tmp_path)
+        with store.prefetching(plan):
+            store.install(block)
+            with torch.inference_mode():
+                for kwargs in inputs:
+                    block(**kwargs)
+        del block.forward  # uninstalled, as a new process finds it
+        return store.compiled, store.loaded, store.read_ahead, store.read_unused
+
+    assert start("batches 1-2", shapes) == (2, 0, 0, 0)
+    assert start("batch 1", shapes[:1]) == (0, 1, 0, 0)  # no record of this plan yet: loaded when asked for
+    assert start("batch 1", shapes[:1]) == (0, 1, 1, 0)  # its own file read ahead, the batch-2 one left
+    assert start("batches 1-2", shapes) == (0, 2, 2, 0)
 
 
 def test_vae_tiles_bound_the_decoders_input_and_still_give_the_whole_image():

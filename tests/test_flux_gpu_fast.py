@@ -96,9 +96,10 @@ def test_precompiled_fp8_engine_draws_the_same_images_and_a_restarted_one_loads_
     reference_and_fast_engine, tmp_path
 ):
     """`compile: precompiled`: the first engine compiles and saves its regions, the next one (a restarted replica)
-    loads every one of them and draws the same image, bit for bit: a loaded region's kernels take the launch
-    settings the first engine's autotuning chose (before the regions were compiled without Triton's dynamic
-    RBLOCK scaling, they autotuned again and drew images one bf16 step apart in places: H200, torch 2.11)."""
+    reads every one of them ahead, as the first one's warm-up recorded them, and draws the same image, bit for bit:
+    a loaded region's kernels take the launch settings the first engine's autotuning chose (before the regions were
+    compiled without Triton's dynamic RBLOCK scaling, they autotuned again and drew images one bf16 step apart in
+    places: H200, torch 2.11)."""
     reference, engine = reference_and_fast_engine
     engine.pipe = None
     free_cuda()
@@ -113,10 +114,11 @@ def test_precompiled_fp8_engine_draws_the_same_images_and_a_restarted_one_loads_
         fp8 = FluxEngine.load(config)
         regions = fp8.regions
         report(
-            "precompiled fp8 engine: regions loaded / compiled, seconds",
-            f"{regions.loaded} / {regions.compiled}, {regions.seconds:.1f} s",
+            "precompiled fp8 engine: regions loaded (read ahead) / compiled, seconds",
+            f"{regions.loaded} ({regions.read_ahead}) / {regions.compiled}, {regions.seconds:.1f} s",
         )
         assert (regions.compiled > 0) == expect_compiled and (regions.loaded > 0) != expect_compiled
+        assert regions.read_ahead == regions.loaded and regions.read_unused == 0
         images.append(generate(fp8, seed=SEEDS[0]).cpu())
         del fp8
         free_cuda()

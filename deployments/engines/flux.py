@@ -99,8 +99,14 @@ class FluxEngine:
         if config.cublas_workspace_mib:  # read once, at the process's first cuBLAS call
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", f":{config.cublas_workspace_mib * 1024}:1")
         regions = region_store(config)  # with `compile: precompiled`
-        # Saved regions load on a thread from when their blocks are installed (fp8: as they load) to the warm-up's end.
-        with regions.prefetching() if regions is not None else contextlib.nullcontext():
+        warms_up = config.compile != "none" or config.cuda_graphs
+        side = min(max(512, config.min_side), config.max_side)
+        sizes = list(warmup_sizes or [(side, side)])
+        # Saved regions load on a thread from when their blocks are installed (fp8: as they load) to the warm-up's end:
+        # those the last start of the same config, sizes and batch sizes asked for, wherever its folders were mounted.
+        settings = config.model_dump_json(exclude={"cache_dir", "compile_cache_dir"})
+        plan = f"{settings} sizes {sizes} batch sizes {list(warmup_batch_sizes)}"
+        with regions.prefetching(plan) if regions is not None else contextlib.nullcontext():
             start = time.perf_counter()
             try:
                 pipe = load_flux_pipeline(config, device, regions, early_weights)
@@ -128,9 +134,7 @@ class FluxEngine:
             )
             engine = cls(pipe, config, device, regions)
             engine.startup_s["load"] = load_s
-            if config.compile != "none" or config.cuda_graphs:
-                side = min(max(512, config.min_side), config.max_side)
-                sizes = list(warmup_sizes or [(side, side)])
+            if warms_up:
                 if warmup_batch_sizes:  # none: the caller warms up itself, at the batches it will run
                     pipe.transformer.forward = TransformerInParts(pipe.transformer.forward, max(warmup_batch_sizes))
                 start = time.perf_counter()
@@ -147,10 +151,12 @@ class FluxEngine:
                 )
         if regions is not None:
             logger.info(
-                "Precompiled regions in %s: %d loaded, %d compiled and saved; %.1f s of loading (on a thread beside "
-                "the load and the warm-up) and compiling",
+                "Precompiled regions in %s: %d loaded (%d of them read ahead, %d read ahead and not asked for), %d "
+                "compiled and saved; %.1f s of loading (on a thread beside the load and the warm-up) and compiling",
                 regions.folder,
                 regions.loaded,
+                regions.read_ahead,
+                regions.read_unused,
                 regions.compiled,
                 regions.seconds,
             )

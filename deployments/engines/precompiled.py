@@ -13,7 +13,9 @@ one file per input signature (shapes, strides, dtypes, devices), as with `dynami
 first, so that a block called on slices of a tensor (FLUX's single blocks after the first) shares the file
 of one called on whole tensors. Files sit in a folder named after what they depend on (the template's
 structure, the source of its classes and of this module, the package, torch, Python, CUDA and GPU
-versions): after any change a replica compiles into a new folder, and old ones can be deleted. The files
+versions): after any change a replica compiles into a new folder, and old ones can be deleted. Beside them, each
+warm-up plan (the engine's settings, sizes and batch sizes) keeps the list of files its last start asked for, in
+order: the next start with that plan reads those ahead, and no file of a size or batch it no longer serves. The files
 are pickles: only the service may write the folder.
 """
 
@@ -22,6 +24,7 @@ import hashlib
 import inspect
 import itertools
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -61,9 +64,13 @@ class RegionStore:
         self.functions: dict[tuple, Callable] = {}
         self.loaded = 0
         self.compiled = 0
+        self.read_ahead = 0  # of `loaded`, read on the prefetch thread before they were asked for
+        self.read_unused = 0  # read on the prefetch thread and never asked for
         self.seconds = 0.0  # spent loading (on the prefetch thread too) and compiling
         self._prefetcher: ThreadPoolExecutor | None = None  # within `prefetching`
         self._prefetched: dict[Path, Future] = {}
+        self._plan = ""  # within `prefetching`: what the caller will run, named by it
+        self._asked_for: list[Path] = []  # files, in the order compiled_function first wanted them
 
     def install(self, module: torch.nn.Module) -> None:
         """From now on `module` runs through the store. Blocks share a template when their structure and their
@@ -97,10 +104,12 @@ class RegionStore:
         if function is None:
             key = hashlib.sha256(repr(signature).encode()).hexdigest()[:32]
             path = self._folder_of(region.digest) / f"{type(region.template).__name__}-{key}.bin"
+            self._asked_for.append(path)
             prefetched = self._prefetched.pop(path, None)
             function, seconds = prefetched.result() if prefetched is not None else self._load(path, region.template)
             if function is not None:
                 self.loaded += 1
+                self.read_ahead += prefetched is not None
             else:
                 start = time.perf_counter()
                 function = self._compile(path, region.template, weights, args, kwargs)
@@ -123,28 +132,56 @@ class RegionStore:
         return function, time.perf_counter() - start
 
     @contextmanager
-    def prefetching(self) -> Iterator[None]:
-        """Within: each template's saved regions load on a background thread, from when it is installed (or from
-        the start, for templates installed before), oldest first (the order the cold start compiled them, which is
-        the order the warm-up asks for them), while the caller's thread goes on: copying the next blocks' weights
-        to the GPU, which leaves the GIL free, and running the regions already loaded. Loading is Python work, so
-        it gains only where the caller waits, and it slows the caller wherever both want the GIL (H200: the warm-up
-        got shorter and the load longer, docs/performance.md). On exit, files not yet asked for are no longer
-        loaded."""
+    def prefetching(self, plan: str) -> Iterator[None]:
+        """Within: the saved regions that the last start with the same `plan` (what the caller will run, as text:
+        the engine's settings, warm-up sizes and batch sizes) asked for load on a background thread, in the order it
+        asked for them, each template's from when it is installed (or from the start, for templates installed
+        before), while the caller's thread goes on: copying the next blocks' weights to the GPU, which leaves the
+        GIL free, and running the regions already loaded. Loading is Python work, so it gains only where the caller
+        waits, and it slows the caller wherever both want the GIL (H200: the warm-up got shorter and the load
+        longer, docs/performance.md). Files of other plans (sizes or batches a deployment no longer serves) are not
+        read; a plan's first start loads each file when it is asked for. On a clean exit, the files asked for
+        become the plan's record; on exit, files not yet asked for are no longer loaded."""
+        self._plan = hashlib.sha256(plan.encode()).hexdigest()[:16]
+        self._asked_for = []
         self._prefetcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="region-prefetch")
         for template, digest in self.templates.values():
             self._prefetch(template, digest)
         try:
             yield
+            self._record_asked_for()
         finally:
             self._prefetcher.shutdown(wait=True, cancel_futures=True)
             self._prefetcher = None
+            unused = [future for future in self._prefetched.values() if not future.cancelled()]
+            self.read_unused += sum(future.result()[0] is not None for future in unused)
             self._prefetched.clear()
 
     def _prefetch(self, template: torch.nn.Module, digest: str) -> None:
-        """Queue one template's saved regions on the prefetch thread, oldest first."""
-        for path in sorted(self._folder_of(digest).glob("*.bin"), key=lambda path: path.stat().st_mtime):
-            self._prefetched[path] = self._prefetcher.submit(self._load, path, template)
+        """Queue one template's saved regions on the prefetch thread, as the plan's record lists them."""
+        record = self._record_of(self._folder_of(digest))
+        if record.is_file():
+            for path in (record.parent / name for name in record.read_text().split()):
+                self._prefetched[path] = self._prefetcher.submit(self._load, path, template)
+
+    def _record_asked_for(self) -> None:
+        """Write the plan's record in each folder the caller asked for files of. A folder that cannot be written (a
+        read-only volume of regions compiled elsewhere) keeps its record, or none: the next start reads less ahead."""
+        folders: dict[Path, list[str]] = {}
+        for path in self._asked_for:
+            folders.setdefault(path.parent, []).append(path.name)
+        for folder, names in folders.items():
+            record = self._record_of(folder)
+            partial = record.with_name(f"{record.name}.{os.getpid()}.partial")
+            try:
+                partial.write_text("\n".join(names) + "\n")
+                partial.replace(record)  # atomic: replicas sharing the folder read a whole record or the last one
+            except OSError:
+                logger.warning("Could not record the regions asked for in %s", folder, exc_info=True)
+
+    def _record_of(self, folder: Path) -> Path:
+        """The file listing, in order, the files of `folder` that the current plan's last start asked for."""
+        return folder / f"warm-up-{self._plan}.txt"
 
     def _folder_of(self, digest: str) -> Path:
         """Where the files of the regions with this digest (one template, one set of versions) are kept."""
