@@ -267,7 +267,7 @@ def main() -> None:
         deploy = [sys.executable, "-m", "ray.serve.scripts", "deploy", config_file.name]  # the `serve` CLI
         subprocess.run([*deploy, "--address", f"http://{dashboard}"], check=True)
         try:
-            # The profile's first replica on an empty compile cache compiles its precompiled regions: 270-380 s, H200.
+            # The profile's first replica on an empty compile cache compiles its precompiled regions: 256 s, H200.
             wait_until(lambda: application(dashboard).get("status") == "RUNNING", 600, "the application is not RUNNING")
         except TimeoutError:
             print(serve_errors(dashboard), flush=True)

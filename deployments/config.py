@@ -71,11 +71,12 @@ class FluxConfig(BaseModel):
         "(compiled at replica start, before it serves; fused kernels, far fewer launches). precompiled: the "
         "same regions, each saved whole once compiled, under compile_cache_dir's vortex-regions folder (torch's "
         "experimental precompile API, torch 2.9+), so that a replica which finds them loads them instead of "
-        "tracing them again (fp8 profile, H200: a replica reading its weights from local disk was ready 17.7-25.8 s "
-        "after Serve scheduled it, depending on the host, in an image without packages the service does not use "
-        "(README); the autoscaler's scale-up to the new replica's first answer took 29-33 s, "
-        "regional's 90 s; but the first replica on an empty folder takes 270-380 s, regional's 148 s). Not with "
-        "nf4; with vae_tile_size the decoder is compiled as with regional, not saved.",
+        "tracing them again, reading ahead those its config's last start asked for (fp8 profile, H200: a replica "
+        "replacing a killed one, its weights on local disk, was ready 16.8-20.6 s after Serve scheduled it, "
+        "depending on the host, in an image without packages the service does not use (README); the autoscaler's "
+        "scale-up to the new replica's first answer took 23.7-25.3 s, regional's 90 s; but the first replica on an "
+        "empty folder takes 256 s, regional's 148 s). Not with nf4; with vae_tile_size the decoder is compiled as "
+        "with regional, not saved.",
     )
     fuse_qkv: bool = Field(False, description="Fuse the attention Q/K/V projections into one GEMM each.")
     cuda_graphs: int = Field(
