@@ -258,6 +258,16 @@ def test_a_block_tensor_missing_from_the_checkpoint_is_named():
         assign_block_weights(block, "transformer_blocks.0.", tensors)
 
 
+def single_block_inputs(batch: int, generator: torch.Generator) -> dict:
+    """Random inputs of the tiny model's single transformer block: 16 image and 8 text tokens, `batch` images."""
+    return {
+        "hidden_states": torch.randn(batch, 16, 32, generator=generator),
+        "encoder_hidden_states": torch.randn(batch, 8, 32, generator=generator),
+        "temb": torch.randn(batch, 32, generator=generator),
+        "image_rotary_emb": (torch.randn(24, 16, generator=generator), torch.randn(24, 16, generator=generator)),
+    }
+
+
 def test_precompiled_regions_compile_once_and_a_restarted_replica_loads_them(tmp_path):
     """`compile: precompiled` saves each compiled region whole: one file serves every block of a class (weights are
     its inputs), also when a block gets slices of a tensor as FLUX's later single blocks do; a block whose weights
@@ -275,12 +285,7 @@ def test_precompiled_regions_compile_once_and_a_restarted_replica_loads_them(tmp
     restarted_blocks = copy.deepcopy([block, other, transposed])
     generator = torch.Generator().manual_seed(0)
     with torch.inference_mode():  # as the engine makes its tensors (inference tensors are another signature)
-        inputs = {
-            "hidden_states": torch.randn(1, 16, 32, generator=generator),
-            "encoder_hidden_states": torch.randn(1, 8, 32, generator=generator),
-            "temb": torch.randn(1, 32, generator=generator),
-            "image_rotary_emb": (torch.randn(24, 16, generator=generator), torch.randn(24, 16, generator=generator)),
-        }
+        inputs = single_block_inputs(1, generator)
         joined = torch.cat([inputs["encoder_hidden_states"], inputs["hidden_states"]], dim=1)
         sliced = {**inputs, "encoder_hidden_states": joined[:, :8], "hidden_states": joined[:, 8:]}  # other strides
         expected = [block(**inputs), other(**sliced), block(**inputs)]
@@ -307,18 +312,7 @@ def test_a_replica_reads_ahead_only_the_regions_its_warm_up_asked_for_last_time(
     block = tiny_flux_pipeline().transformer.single_transformer_blocks[0].eval()
     generator = torch.Generator().manual_seed(0)
     with torch.inference_mode():
-        shapes = [
-            {
-                "hidden_states": torch.randn(batch, 16, 32, generator=generator),
-                "encoder_hidden_states": torch.randn(batch, 8, 32, generator=generator),
-                "temb": torch.randn(batch, 32, generator=generator),
-                "image_rotary_emb": (
-                    torch.randn(24, 16, generator=generator),
-                    torch.randn(24, 16, generator=generator),
-                ),
-            }
-            for batch in (1, 2)
-        ]
+        shapes = [single_block_inputs(batch, generator) for batch in (1, 2)]
 
     def start(plan: str, inputs: list[dict]) -> tuple[int, int, int, int]:
         store = RegionStore(tmp_path)
