@@ -99,7 +99,6 @@ class FluxEngine:
         if config.cublas_workspace_mib:  # read once, at the process's first cuBLAS call
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", f":{config.cublas_workspace_mib * 1024}:1")
         regions = region_store(config)  # with `compile: precompiled`
-        warms_up = config.compile != "none" or config.cuda_graphs
         side = min(max(512, config.min_side), config.max_side)
         sizes = list(warmup_sizes or [(side, side)])
         # Saved regions load on a thread from when their blocks are installed (fp8: as they load) to the warm-up's end:
@@ -134,7 +133,7 @@ class FluxEngine:
             )
             engine = cls(pipe, config, device, regions)
             engine.startup_s["load"] = load_s
-            if warms_up:
+            if config.compile != "none" or config.cuda_graphs:
                 if warmup_batch_sizes:  # none: the caller warms up itself, at the batches it will run
                     pipe.transformer.forward = TransformerInParts(pipe.transformer.forward, max(warmup_batch_sizes))
                 start = time.perf_counter()
