@@ -1,10 +1,12 @@
 """The Flux engine and the tokenizers on their own (plain PyTorch, no Ray), with tiny random-weight models."""
 
 import copy
+import importlib.util
 import logging
 import os
 import shutil
 import sys
+from pathlib import Path
 
 import numpy as np
 import open_clip
@@ -13,6 +15,7 @@ import torch
 
 from conftest import assert_same_weights
 from deployments.config import FluxConfig
+from deployments.engines import precompiled
 from deployments.engines.common import ModelFilesMissingError
 from deployments.engines.flux import FluxEngine, TransformerInParts, to_uint8_pixels
 from deployments.engines.flux_loading import HostEmbedding, assign_block_weights
@@ -328,6 +331,44 @@ def test_a_replica_reads_ahead_only_the_regions_its_warm_up_asked_for_last_time(
     assert start("batch 1", shapes[:1]) == (0, 1, 0, 0)  # no record of this plan yet: loaded when asked for
     assert start("batch 1", shapes[:1]) == (0, 1, 1, 0)  # its own file read ahead, the batch-2 one left
     assert start("batches 1-2", shapes) == (0, 2, 2, 0)
+
+
+def edited_region_store(tmp_path: Path, old: str, new: str) -> type[RegionStore]:
+    """`RegionStore` of a copy of `precompiled.py` with `old` replaced by `new`, as an upgraded service runs it."""
+    source = Path(precompiled.__file__).read_text()
+    assert old in source
+    path = tmp_path / f"precompiled_{len(list(tmp_path.glob('precompiled_*.py')))}.py"
+    path.write_text(source.replace(old, new))
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.RegionStore
+
+
+def test_an_upgrade_that_changes_only_the_stores_bookkeeping_keeps_the_compiled_regions(tmp_path):
+    """Regions live in folders named after the code they were compiled from. An upgrade that changes only how the
+    store finds, reads ahead or records its files loads the regions the last version compiled; one that changes how a
+    region is compiled compiles it again, into a new folder."""
+    block = tiny_flux_pipeline().transformer.single_transformer_blocks[0].eval()
+    with torch.inference_mode():
+        inputs = single_block_inputs(1, torch.Generator().manual_seed(0))
+    regions = tmp_path / "regions"
+    bookkeeping = ('return folder / f"warm-up-{self._plan}.txt"', 'return folder / f"warm-up-{self._plan}.list"')
+    compile_options = ('"dynamic_scale_rblock": False', '"dynamic_scale_rblock": True')
+
+    def start(store_class: type[RegionStore]) -> tuple[int, int]:
+        store = store_class(regions)
+        with store.prefetching("one plan"):
+            store.install(block)
+            with torch.inference_mode():
+                block(**inputs)
+        del block.forward  # uninstalled, as a new process finds it
+        return store.compiled, store.loaded
+
+    assert start(RegionStore) == (1, 0)
+    assert start(edited_region_store(tmp_path, *bookkeeping)) == (0, 1)
+    assert start(edited_region_store(tmp_path, *compile_options)) == (1, 0)
+    assert len(list(regions.iterdir())) == 2
 
 
 def test_vae_tiles_bound_the_decoders_input_and_still_give_the_whole_image():

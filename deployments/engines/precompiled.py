@@ -12,8 +12,9 @@ it (a template on the meta device): one file serves every block of a class and h
 one file per input signature (shapes, strides, dtypes, devices), as with `dynamic=False`; inputs are made dense
 first, so that a block called on slices of a tensor (FLUX's single blocks after the first) shares the file
 of one called on whole tensors. Files sit in a folder named after what they depend on (the template's
-structure, the source of its classes and of this module, the package, torch, Python, CUDA and GPU
-versions): after any change a replica compiles into a new folder, and old ones can be deleted. Beside them, each
+structure, the source of its classes, this module's code that is traced, compiled or calls the compiled function,
+the package, torch, Python, CUDA and GPU versions): after such a change a replica compiles into a new folder, and old
+ones can be deleted; a change to how files are found, read ahead or recorded keeps the folder. Beside them, each
 warm-up plan (the engine's settings, sizes and batch sizes) keeps the list of files its last start asked for, in
 order: the next start with that plan reads those ahead, and no file of a size or batch it no longer serves. The files
 are pickles: only the service may write the folder.
@@ -25,6 +26,7 @@ import inspect
 import itertools
 import logging
 import os
+import socket
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -172,7 +174,7 @@ class RegionStore:
             folders.setdefault(path.parent, []).append(path.name)
         for folder, names in folders.items():
             record = self._record_of(folder)
-            partial = record.with_name(f"{record.name}.{os.getpid()}.partial")
+            partial = record.with_name(f"{record.name}.{socket.gethostname()}-{os.getpid()}.partial")  # one writer
             try:
                 partial.write_text("\n".join(names) + "\n")
                 partial.replace(record)  # atomic: replicas sharing the folder read a whole record or the last one
@@ -207,10 +209,14 @@ class RegionStore:
     @staticmethod
     def _digest(template: torch.nn.Module, module: torch.nn.Module) -> str:
         """What a compiled region depends on besides its inputs: structure, code, and the versions that run it
-        (torch refuses a file made with another GPU, CUDA or Triton: an H100 and an H200 need their own)."""
+        (torch refuses a file made with another GPU, CUDA or Triton: an H100 and an H200 need their own). Of this
+        module, only the code that shapes a compiled function or calls it: an upgrade that changes the bookkeeping
+        around the files (finding, reading ahead, recording) keeps every replica's folder warm."""
         classes = sorted({type(module) for module in template.modules()}, key=lambda c: f"{c.__module__}.{c.__name__}")
-        modules = sorted({c.__module__ for c in classes} | {__name__})  # this module: the function that is compiled
+        modules = sorted({c.__module__ for c in classes})
         sources = [inspect.getsource(sys.modules[name]) for name in modules]
+        compiled_code = (region_function, no_guards, empty_copy, RegionStore._compile, PrecompiledRegion.__call__)
+        sources += [inspect.getsource(code) for code in compiled_code]
         packages = {name.split(".")[0] for name in modules}  # diffusers' version covers the code the blocks call
         versions = sorted((name, getattr(sys.modules[name], "__version__", None)) for name in packages)
         gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
