@@ -72,7 +72,7 @@ class FluxConfig(BaseModel):
         "same regions, each saved whole once compiled, under compile_cache_dir's vortex-regions folder (torch's "
         "experimental precompile API, torch 2.9+), so that a replica which finds them loads them instead of "
         "tracing them again, reading ahead those its config's last start asked for (fp8 profile, H200: a replica "
-        "replacing a killed one, its weights on local disk, was ready 16.8-20.6 s after Serve scheduled it, "
+        "replacing a killed one, its weights on local disk, was ready 16.8-20.9 s after Serve scheduled it, "
         "depending on the host, in an image without packages the service does not use (README); the autoscaler's "
         "scale-up to the new replica's first answer took 23.7-25.3 s, regional's 90 s; but the first replica on an "
         "empty folder takes 256 s, regional's 148 s). Not with nf4; with vae_tile_size the decoder is compiled as "
