@@ -31,6 +31,7 @@ the modes a CPU can (bf16 and fp8 with fused QKV, no compile or CUDA graphs) on 
 """
 
 import argparse
+import functools
 import gc
 import itertools
 import json
@@ -204,9 +205,10 @@ def run_mode(mode: str, model: str | None, iterations: int, save_checkpoint: boo
         result["new_prompt_s_by_size"] = {}
         for width, height in sizes:  # one new prompt at each size: text encoding, denoising and decoding
             reset_peak_memory()
-            start = time.perf_counter()
-            engine.generate([prompt(1000 + width + height)], seeds=[0], width=width, height=height, steps=STEPS)
-            result["new_prompt_s_by_size"][f"{width}x{height}"] = time.perf_counter() - start
+            new_prompt = functools.partial(
+                engine.generate, [prompt(1000 + width + height)], seeds=[0], width=width, height=height, steps=STEPS
+            )
+            result["new_prompt_s_by_size"][f"{width}x{height}"] = timed(new_prompt, 1)[0]
             result["peak_allocated_gib_by_phase"][f"new prompt {width}x{height}"] = memory_gib("allocated")
     if save_checkpoint:
         start = time.perf_counter()
