@@ -18,7 +18,7 @@ from deployments.config import FluxConfig
 from deployments.engines import precompiled
 from deployments.engines.common import ModelFilesMissingError
 from deployments.engines.flux import FluxEngine, TransformerInParts, to_uint8_pixels
-from deployments.engines.flux_loading import HostEmbedding, assign_block_weights
+from deployments.engines.flux_loading import HostEmbedding, LinearInPieces, assign_block_weights, split_large_linears
 from deployments.engines.flux_speedups import fuse_qkv_projections
 from deployments.engines.fp8 import float8_linears
 from deployments.engines.precompiled import RegionStore
@@ -420,6 +420,21 @@ def test_t5_looking_its_tokens_up_in_host_memory_encodes_prompts_the_same():
     after, _, _ = pipe.encode_prompt("a red fox", prompt_2=None, device=torch.device("cpu"), max_sequence_length=32)
     assert torch.equal(before, after)
     assert not any("embed" in name or "shared" in name for name, _ in t5.named_parameters())  # nothing to stream
+
+
+def test_t5_streamed_in_pieces_no_larger_than_an_attention_projection_encodes_prompts_the_same():
+    """The 12 GB mode splits T5's feed-forward layers (2.5 times an attention projection in T5-XXL) so that the
+    two layers a stream holds at once take less of the GPU; the prompt embeddings must not change."""
+    pipe = tiny_flux_pipeline()
+    before, _, _ = pipe.encode_prompt("a red fox", prompt_2=None, device=torch.device("cpu"), max_sequence_length=32)
+    t5 = pipe.text_encoder_2
+    square = t5.config.d_model**2 * t5.dtype.itemsize
+    split_large_linears(t5, square)
+    after, _, _ = pipe.encode_prompt("a red fox", prompt_2=None, device=torch.device("cpu"), max_sequence_length=32)
+    torch.testing.assert_close(after, before, rtol=0, atol=1e-6)
+    layers = [module for module in t5.modules() if isinstance(module, torch.nn.Linear)]
+    assert max(layer.weight.numel() * layer.weight.element_size() for layer in layers) <= square
+    assert sum(isinstance(module, LinearInPieces) for module in t5.modules()) == 3 * t5.config.num_layers
 
 
 def test_repeated_prompts_skip_the_text_encoders_and_draw_the_same_image(flux):
