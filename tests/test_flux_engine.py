@@ -438,19 +438,20 @@ def test_t5_looking_its_tokens_up_in_host_memory_encodes_prompts_the_same():
     assert not any("embed" in name or "shared" in name for name, _ in t5.named_parameters())  # nothing to stream
 
 
-def test_t5_streamed_in_pieces_no_larger_than_an_attention_projection_encodes_prompts_the_same():
-    """The 12 GB mode splits T5's feed-forward layers (2.5 times an attention projection in T5-XXL) so that the
-    two layers a stream holds at once take less of the GPU; the prompt embeddings must not change."""
+def test_t5_streamed_with_its_feed_forward_layers_in_halves_encodes_prompts_the_same():
+    """The 12 GB mode streams T5's feed-forward layers in halves, so that the two layers a stream holds at once
+    take less of the GPU; the prompt embeddings must not change."""
     pipe = tiny_flux_pipeline()
     before, _, _ = pipe.encode_prompt("a red fox", prompt_2=None, device=torch.device("cpu"), max_sequence_length=32)
     t5 = pipe.text_encoder_2
-    square = t5.config.d_model**2 * t5.dtype.itemsize
-    split_large_linears(t5, square)
+    half = t5.config.d_model * t5.config.d_ff * t5.dtype.itemsize // 2
+    split_large_linears(t5, half)
     after, _, _ = pipe.encode_prompt("a red fox", prompt_2=None, device=torch.device("cpu"), max_sequence_length=32)
     torch.testing.assert_close(after, before, rtol=0, atol=1e-6)
     layers = [module for module in t5.modules() if isinstance(module, torch.nn.Linear)]
-    assert max(layer.weight.numel() * layer.weight.element_size() for layer in layers) <= square
-    assert sum(isinstance(module, LinearInPieces) for module in t5.modules()) == 3 * t5.config.num_layers
+    assert max(layer.weight.numel() * layer.weight.element_size() for layer in layers) <= half
+    in_halves = [module for module in t5.modules() if isinstance(module, LinearInPieces)]
+    assert len(in_halves) == 3 * t5.config.num_layers and {len(module.pieces) for module in in_halves} == {2}
 
 
 def test_repeated_prompts_skip_the_text_encoders_and_draw_the_same_image(flux):

@@ -269,9 +269,9 @@ class LinearInPieces(torch.nn.Module):
     """A linear layer split along its output features into layers of their own, whose outputs are concatenated.
 
     Streamed, a layer is onloaded while the one before it runs, so two layers sit on the GPU at once; for T5's
-    feed-forward that was `wi_0` and `wi_1`, 80 MiB each in bf16, and a new prompt took the 12 GB mode's Flux
-    187 MiB above its resident weights (NVIDIA H200). In pieces no larger than T5's attention projections, two
-    pieces take 40 MiB. The same bytes stream either way.
+    feed-forward that was `wi_0` and `wi_1`, 80 MiB each in bf16: T5 took 187 MiB above what was allocated
+    before it (NVIDIA H200). In halves, 113 MiB, and the same output; quarters took 104 MiB, for twice the
+    layers to stream (docs/performance.md). The same bytes stream either way.
     """
 
     def __init__(self, linear: torch.nn.Linear, pieces: int) -> None:
@@ -321,7 +321,7 @@ def stream_text_encoders(pipe: FluxPipeline, device: torch.device) -> None:
     pipe.vae.to(device)
     t5 = pipe.text_encoder_2
     t5.set_input_embeddings(HostEmbedding(t5.get_input_embeddings().weight))
-    split_large_linears(t5, t5.config.d_model**2 * t5.dtype.itemsize)  # an attention projection: 32 MiB in T5-XXL
+    split_large_linears(t5, t5.config.d_model * t5.config.d_ff * t5.dtype.itemsize // 2)  # feed-forward in halves
     for encoder in (pipe.text_encoder, t5):
         # record_stream: each onloaded layer's memory is reused once the compute stream is done with it, without a sync
         apply_group_offloading(
