@@ -112,8 +112,9 @@ class FluxConfig(BaseModel):
         ge=0,
         description="Run the transformer's per-token layers (each double block's feed-forward, each single block's "
         "MLP and output projection) on at most this many tokens at a time, so that their activations scale with "
-        "the chunk, not the image (1024x1024 is 4,352 tokens with T5's 256). 0: whole images. Not with compile: "
-        "precompiled (its saved regions are the unchunked blocks).",
+        "the chunk, not the image (1024x1024 is 4,352 tokens with T5's 256). With nf4, chunks of up to 1536 tokens "
+        "also run bitsandbytes' fused 4-bit matmul instead of a bf16 copy of each weight. 0: whole images. Not "
+        "with compile: precompiled (its saved regions are the unchunked blocks).",
     )
     cublas_workspace_mib: int | None = Field(
         None,
