@@ -107,15 +107,6 @@ class FluxConfig(BaseModel):
         "7 ms at 512x512, 129 ms instead of 34 ms at 1024x1024). With compile, the tiles' several shapes share one "
         "dynamic-shape compile. 0: whole images.",
     )
-    token_chunk: int = Field(
-        0,
-        ge=0,
-        description="Run the transformer's per-token layers (each double block's feed-forward, each single block's "
-        "MLP and output projection) on at most this many tokens at a time, so that their activations scale with "
-        "the chunk, not the image (1024x1024 is 4,352 tokens with T5's 256). With nf4, chunks of up to 1536 tokens "
-        "also run bitsandbytes' fused 4-bit matmul instead of a bf16 copy of each weight. 0: whole images. Not "
-        "with compile: precompiled (its saved regions are the unchunked blocks).",
-    )
     cublas_workspace_mib: int | None = Field(
         None,
         ge=1,
@@ -140,8 +131,6 @@ class FluxConfig(BaseModel):
             raise ValueError("text_encoder_offload streams a bf16 T5; it does not combine with cpu_offload or t5_nf4")
         if self.compile == "precompiled" and self.precision == "nf4":
             raise ValueError("compile: precompiled regions need plain weights, not NF4's packed ones; use regional")
-        if self.token_chunk and self.compile == "precompiled":
-            raise ValueError("token_chunk: precompiled regions are the unchunked blocks; use compile: regional")
         if self.fuse_qkv and self.precision == "nf4":
             raise ValueError("fuse_qkv: NF4 weights are packed per layer and cannot be concatenated")
         if self.cuda_graphs and self.cpu_offload:

@@ -6,12 +6,9 @@ live (GPU, CPU offload, streamed text encoders); and whether the VAE decodes in 
 pipeline runs (QKV fusion, compilation, CUDA graphs) are in `flux_speedups.py`.
 """
 
-import functools
-
 import torch
 from diffusers import AutoencoderKL, FluxPipeline, FluxTransformer2DModel
 from diffusers.hooks import apply_group_offloading
-from diffusers.models.transformers.transformer_flux import FluxSingleTransformerBlock
 
 from deployments.config import FluxConfig
 from deployments.engines.common import TORCH_DTYPES
@@ -75,8 +72,6 @@ def load_flux_pipeline(
         pipe.to(device)
     if config.vae_tile_size:
         tile_vae_decoder(pipe.vae, config.vae_tile_size)
-    if config.token_chunk:
-        chunk_token_layers(pipe.transformer, config.token_chunk)
     return pipe
 
 
@@ -193,60 +188,6 @@ def tile_vae_decoder(vae: AutoencoderKL, tile_size: int) -> None:
     vae.enable_tiling()
     vae.tile_sample_min_size = tile_size
     vae.tile_latent_min_size = tile_size // 2 ** (len(vae.config.block_out_channels) - 1)
-
-
-class TokenChunks(torch.nn.Module):
-    """A per-token layer run on at most `tokens` tokens (dimension 1) at a time, its outputs concatenated."""
-
-    def __init__(self, layer: torch.nn.Module, tokens: int) -> None:
-        super().__init__()
-        self.layer = layer
-        self.tokens = tokens
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return torch.cat([self.layer(part) for part in hidden_states.split(self.tokens, dim=1)], dim=1)
-
-
-def chunk_token_layers(transformer: FluxTransformer2DModel, tokens: int) -> None:
-    """The transformer's per-token layers on at most `tokens` tokens at a time (`token_chunk`). Attention needs
-    every token at once, and the text stream of a double block has only T5's tokens: both stay whole."""
-    for block in transformer.transformer_blocks:
-        block.ff = TokenChunks(block.ff, tokens)
-    for block in transformer.single_transformer_blocks:
-        block.forward = functools.partial(single_block_forward_in_chunks, block, tokens=tokens)
-
-
-def single_block_forward_in_chunks(
-    block: FluxSingleTransformerBlock,
-    hidden_states: torch.Tensor,
-    encoder_hidden_states: torch.Tensor,
-    temb: torch.Tensor,
-    image_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
-    joint_attention_kwargs: dict | None = None,
-    *,
-    tokens: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """`FluxSingleTransformerBlock.forward` (diffusers 0.42) with its MLP and output projection on `tokens` tokens
-    at a time. The block concatenates the attention's output with the MLP's (15,360 features a token) before
-    projecting it: at 1024x1024 that and the MLP's output take 230 MiB at once, whole. diffusers offers no
-    chunking for Flux; `tests/test_flux_engine.py` checks that this computes what the block does."""
-    text_tokens = encoder_hidden_states.shape[1]
-    hidden_states = torch.cat([encoder_hidden_states, hidden_states], dim=1)
-    norm_hidden_states, gate = block.norm(hidden_states, emb=temb)
-    attn_output = block.attn(
-        hidden_states=norm_hidden_states, image_rotary_emb=image_rotary_emb, **(joint_attention_kwargs or {})
-    )
-    gate = gate.unsqueeze(1)
-    parts = []
-    for start in range(0, hidden_states.shape[1], tokens):
-        rows = slice(start, start + tokens)
-        mlp_hidden_states = block.act_mlp(block.proj_mlp(norm_hidden_states[:, rows]))
-        projected = block.proj_out(torch.cat([attn_output[:, rows], mlp_hidden_states], dim=2))
-        parts.append(hidden_states[:, rows] + gate * projected)
-    hidden_states = torch.cat(parts, dim=1)
-    if hidden_states.dtype == torch.float16:
-        hidden_states = hidden_states.clip(-65504, 65504)
-    return hidden_states[:, :text_tokens], hidden_states[:, text_tokens:]
 
 
 class HostEmbedding(torch.nn.Module):
