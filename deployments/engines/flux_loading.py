@@ -235,19 +235,13 @@ class LinearInPieces(torch.nn.Module):
         return torch.cat([piece(hidden_states) for piece in self.pieces], dim=-1)
 
 
-def split_large_linears(module: torch.nn.Module, max_bytes: int) -> None:
-    """Replace each linear layer of `module` whose weight is larger than `max_bytes` by `LinearInPieces`, in the
-    fewest equal pieces (dividing its output features) of at most `max_bytes` each."""
-    for parent in list(module.modules()):
+def split_feed_forward_in_halves(t5: torch.nn.Module) -> None:
+    """Each of T5's linear layers larger than an attention projection (its feed-forward layers) as two halves."""
+    square = t5.config.d_model**2
+    for parent in list(t5.modules()):
         for name, child in list(parent.named_children()):
-            if not isinstance(child, torch.nn.Linear):
-                continue
-            size = child.weight.numel() * child.weight.element_size()
-            pieces = -(-size // max_bytes)
-            while child.out_features % pieces:
-                pieces += 1
-            if pieces > 1:
-                setattr(parent, name, LinearInPieces(child, pieces))
+            if isinstance(child, torch.nn.Linear) and child.weight.numel() > square:
+                setattr(parent, name, LinearInPieces(child, 2))
 
 
 def stream_text_encoders(pipe: FluxPipeline, device: torch.device) -> None:
@@ -262,7 +256,7 @@ def stream_text_encoders(pipe: FluxPipeline, device: torch.device) -> None:
     pipe.vae.to(device)
     t5 = pipe.text_encoder_2
     t5.set_input_embeddings(HostEmbedding(t5.get_input_embeddings().weight))
-    split_large_linears(t5, t5.config.d_model * t5.config.d_ff * t5.dtype.itemsize // 2)  # feed-forward in halves
+    split_feed_forward_in_halves(t5)
     for encoder in (pipe.text_encoder, t5):
         # record_stream: each onloaded layer's memory is reused once the compute stream is done with it, without a sync
         apply_group_offloading(
