@@ -6,13 +6,15 @@ import logging
 import os
 import shutil
 import sys
+import weakref
 from pathlib import Path
 
+import bitsandbytes as bnb
 import numpy as np
 import open_clip
 import pytest
 import torch
-from diffusers import FluxPipeline
+from diffusers import FluxPipeline, FluxTransformer2DModel
 
 from conftest import assert_same_weights
 from deployments.config import FluxConfig
@@ -27,6 +29,7 @@ from deployments.engines.flux_loading import (
 )
 from deployments.engines.flux_speedups import fuse_qkv_projections
 from deployments.engines.fp8 import float8_linears
+from deployments.engines.nf4 import feed_forward_in_pieces
 from deployments.engines.precompiled import RegionStore
 from deployments.engines.preload import start_reading, use_compile_cache_dir
 from deployments.engines.random_models import clip_bpe_tokenizer, t5_standin_tokenizer, tiny_flux_pipeline
@@ -446,6 +449,77 @@ def test_t5_streamed_with_its_feed_forward_layers_in_halves_encodes_prompts_the_
     assert max(layer.weight.numel() for layer in layers) == t5.config.d_model * t5.config.d_ff // 2
     in_halves = [module for module in t5.modules() if isinstance(module, LinearInPieces)]
     assert len(in_halves) == 3 * t5.config.num_layers and {len(module.pieces) for module in in_halves} == {2}
+
+
+def nf4_blocks(transformer: torch.nn.Module, double_quant: bool) -> None:
+    """The blocks' linear layers as bitsandbytes NF4 layers with bf16 compute, quantized on the CPU (diffusers'
+    from_pretrained quantizes only on a GPU)."""
+    for block in [*transformer.transformer_blocks, *transformer.single_transformer_blocks]:
+        for parent in list(block.modules()):
+            for name, layer in list(parent.named_children()):
+                if isinstance(layer, torch.nn.Linear):
+                    nf4 = bnb.nn.Linear4bit(
+                        layer.in_features,
+                        layer.out_features,
+                        compute_dtype=torch.bfloat16,
+                        compress_statistics=double_quant,
+                        quant_type="nf4",
+                        device="meta",
+                    )
+                    nf4.weight = bnb.nn.Params4bit(  # pointing back to its layer, as bitsandbytes' own weights do
+                        layer.weight.data,
+                        requires_grad=False,
+                        compress_statistics=double_quant,
+                        quant_type="nf4",
+                        module=nf4,
+                    ).to("cpu")
+                    nf4.bias = layer.bias
+                    setattr(parent, name, nf4)
+
+
+@pytest.mark.parametrize("double_quant", [False, True], ids=["nf4", "nf4-double-quant"])
+def test_nf4_transformer_with_its_feed_forward_in_pieces_computes_what_it_computed_whole(double_quant):
+    """The NF4 engine splits the blocks' feed-forward layers along their hidden features, so that at 1024x1024 its
+    activations take less of a 12 GB card; the transformer's output must not change beyond bf16 rounding, and its
+    blocks must still be compiled. Widths are multiples of NF4's 64-value blocks, as FLUX's are."""
+    torch.manual_seed(0)
+    transformer = FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=16,
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=32,
+        num_attention_heads=2,
+        joint_attention_dim=64,
+        pooled_projection_dim=64,
+        guidance_embeds=False,
+        axes_dims_rope=(8, 12, 12),
+    ).to(torch.bfloat16)
+    transformer.requires_grad_(False)
+    nf4_blocks(transformer, double_quant)
+    inputs = {
+        "hidden_states": torch.randn(1, 64, 16, dtype=torch.bfloat16),
+        "encoder_hidden_states": torch.randn(1, 8, 64, dtype=torch.bfloat16),
+        "pooled_projections": torch.randn(1, 64, dtype=torch.bfloat16),
+        "timestep": torch.tensor([1.0], dtype=torch.bfloat16),
+        "img_ids": torch.zeros(64, 3),
+        "txt_ids": torch.zeros(8, 3),
+        "return_dict": False,
+    }
+    whole = transformer(**inputs)[0]
+    replaced = weakref.ref(transformer.single_transformer_blocks[0].proj_out)
+    feed_forward_in_pieces(transformer, pieces=2)
+    assert replaced() is None  # freed at once, not at the next garbage collection: the load holds one or the other
+    in_pieces = transformer(**inputs)[0]
+    torch.testing.assert_close(in_pieces, whole, rtol=0, atol=1 / 64)  # outputs near 2.6: bf16 steps of 1/64
+    double, single = transformer.transformer_blocks[0], transformer.single_transformer_blocks[0]
+    for feed_forward in (double.ff, single.mlp):  # 256 hidden features, in halves
+        assert [layer.out_features for layer in feed_forward.up] == [layer.in_features for layer in feed_forward.down]
+        assert [layer.out_features for layer in feed_forward.up] == [128, 128]
+    assert not hasattr(single, "proj_out")  # its attention and MLP are projected apart, not concatenated
+    transformer.compile_repeated_blocks(fullgraph=True)
+    blocks = [*transformer.transformer_blocks, *transformer.single_transformer_blocks]
+    assert all(block._compiled_call_impl is not None for block in blocks)
 
 
 def test_repeated_prompts_skip_the_text_encoders_and_draw_the_same_image(flux):

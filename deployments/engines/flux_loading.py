@@ -1,6 +1,7 @@
 """Loading FLUX.1-schnell: a hub id or local folder (safetensors only; found by `model_files.py`), or random weights
-built in code; NF4 or fp8 quantization (an fp8 engine's weights possibly read ahead, `preload.py`); where the weights
-live (GPU, CPU offload, streamed text encoders); and whether the VAE decodes in tiles.
+built in code; NF4 (its feed-forward layers in pieces, `nf4.py`) or fp8 quantization (an fp8 engine's weights possibly
+read ahead, `preload.py`); where the weights live (GPU, CPU offload, streamed text encoders); and whether the VAE
+decodes in tiles.
 
 `load_flux_pipeline` reads top to bottom in the order it acts. Speed setups that change how the loaded
 pipeline runs (QKV fusion, compilation, CUDA graphs) are in `flux_speedups.py`.
@@ -59,6 +60,10 @@ def load_flux_pipeline(
     # 3. Storage precision.
     if config.precision == "fp8":  # quantized block by block onto the device: bf16 never fills it
         quantize_fp8(pipe.transformer, config, device, regions, early.tensors("transformer") if early else None)
+    if config.precision == "nf4":  # feed-forward layers in pieces: a smaller peak of activations
+        from deployments.engines.nf4 import feed_forward_in_pieces
+
+        feed_forward_in_pieces(pipe.transformer)
 
     # 4. Placement (random weights are built on the device; the config refuses offloading them), and how much of
     # an image the VAE decoder takes at once.
